@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/pgonce/pgonce/internal/app"
+	"github.com/pgonce/pgonce/jobs"
+	"github.com/pgonce/pgonce/runner"
+)
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve", "Usage: runner serve [flags]\n\nServes the HTTP API and works jobs until SIGINT or SIGTERM, then shuts down gracefully.")
+	fs.SetOutput(stderr)
+	dev := fs.bool("dev", "", false, "development mode: a throwaway database when DATABASE_URL is unset, an in-process SMTP sink when SMTP_URL is unset, and a generated API token when API_TOKENS is unset")
+	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (required unless --dev)")
+	listen := fs.string("listen", "LISTEN_ADDR", "127.0.0.1:8080", "HTTP listen address")
+	smtpURL := fs.string("smtp-url", "SMTP_URL", "", "SMTP server, smtp://[user:pass@]host[:port][?tls=none|opportunistic|starttls] or smtps:// (required unless --dev)")
+	mailFrom := fs.string("mail-from", "MAIL_FROM", "", "sender address of emails (default welcome@<mail-domain>)")
+	mailDomain := fs.string("mail-domain", "MAIL_DOMAIN", jobs.DomainDefault, "domain of Message-IDs")
+	tokens := fs.string("api-tokens", "API_TOKENS", "", "API clients as principal:token pairs, comma-separated; tokens at least 16 characters (required unless --dev)")
+	migrateUp := fs.bool("migrate", "MIGRATE", true, "apply pending migrations at start")
+	rc := runnerFlags(fs)
+	logFormat := fs.string("log-format", "LOG_FORMAT", "json", "log format: json or text")
+	logLevel := fs.string("log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	if err := fs.parse(args); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	logf := func(format string, a ...any) { logger.Info(fmt.Sprintf(format, a...)) }
+
+	if !*dev {
+		var missing []string
+		if *databaseURL == "" {
+			missing = append(missing, "DATABASE_URL")
+		}
+		if *smtpURL == "" {
+			missing = append(missing, "SMTP_URL")
+		}
+		if *tokens == "" {
+			missing = append(missing, "API_TOKENS")
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%w: %v must be set (or run with --dev for throwaway defaults)", errUsage, missing)
+		}
+	}
+	tokenMap, err := parseTokens(*tokens)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if len(tokenMap) == 0 {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		token := hex.EncodeToString(b[:])
+		tokenMap[token] = "dev"
+		fmt.Fprintf(stdout, "dev API token (principal \"dev\"): %s\n", token)
+	}
+
+	sender, sink, err := mailSender(*smtpURL, logf)
+	if err != nil {
+		return err
+	}
+	if sink != nil {
+		defer sink.Close()
+	}
+	db, err := openDatabase(ctx, *databaseURL, *migrateUp, logf)
+	if err != nil {
+		return err
+	}
+	cfg, err := rc.config()
+	if err != nil {
+		db.Close()
+		return err
+	}
+	a, err := app.New(&app.Options{
+		Pool: db.Pool, Mailer: sender, MailFrom: *mailFrom, MailDomain: *mailDomain,
+		Tokens: tokenMap, Runner: *cfg, Queues: rc.queues(), Logger: logger,
+	})
+	if err != nil {
+		db.Close()
+		return err
+	}
+	if err := a.Start(ctx, *listen); err != nil {
+		db.Close()
+		return err
+	}
+	logger.Info("serving", "url", a.URL(), "runner_id", a.Runner.ID(), "embedded_database", db.Embedded != nil)
+	fmt.Fprintf(stdout, "listening on %s\n", a.URL())
+
+	<-ctx.Done()
+	logger.Info("shutting down", "budget", cfg.ShutdownTimeout.String())
+	stopCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	stopErr := a.Stop(stopCtx)
+	var shutdownErr *runner.ShutdownError
+	if errors.As(stopErr, &shutdownErr) {
+		// Goroutines of jobs that ignored cancellation may still hold
+		// connections: closing the pool would wait for them forever.
+		logger.Warn("jobs ignored cancellation and were requeued", "job_ids", shutdownErr.Requeued)
+		if db.Embedded != nil {
+			_ = db.Embedded.Stop(context.Background())
+		}
+		return nil
+	}
+	db.Close()
+	if stopErr != nil {
+		return stopErr
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// runnerSettings are the runner's tuning flags, shared by serve and demo.
+type runnerSettings struct {
+	emailWorkers    *int
+	defaultWorkers  *int
+	fetchCooldown   *time.Duration
+	jobTimeout      *time.Duration
+	rescueAfter     *time.Duration
+	shutdownTimeout *time.Duration
+	retryMin        *time.Duration
+	retryMax        *time.Duration
+}
+
+func runnerFlags(fs *flags) *runnerSettings {
+	return &runnerSettings{
+		emailWorkers:    fs.int("email-workers", "EMAIL_WORKERS", 50, "jobs the email queue works at once"),
+		defaultWorkers:  fs.int("default-workers", "DEFAULT_WORKERS", 50, "jobs the default queue works at once"),
+		fetchCooldown:   fs.duration("fetch-cooldown", "FETCH_COOLDOWN", runner.FetchCooldownDefault, "minimum time between two fetches of a queue"),
+		jobTimeout:      fs.duration("job-timeout", "JOB_TIMEOUT", runner.JobTimeoutDefault, "how long a job may run before its context is cancelled"),
+		rescueAfter:     fs.duration("rescue-after", "RESCUE_AFTER", 0, "how long a job may stay running before it is presumed dead and retried (default job-timeout + 1m)"),
+		shutdownTimeout: fs.duration("shutdown-timeout", "SHUTDOWN_TIMEOUT", runner.ShutdownTimeoutDefault, "graceful shutdown budget"),
+		retryMin:        fs.duration("retry-min", "RETRY_MIN", runner.BackoffMinDefault, "delay before a failed job's first retry (doubling after)"),
+		retryMax:        fs.duration("retry-max", "RETRY_MAX", runner.BackoffMaxDefault, "longest delay between retries"),
+	}
+}
+
+func (s *runnerSettings) config() (*runner.Config, error) {
+	if *s.retryMin <= 0 || *s.retryMax < *s.retryMin {
+		return nil, fmt.Errorf("%w: retry-min must be positive and at most retry-max", errUsage)
+	}
+	return &runner.Config{
+		FetchCooldown:        *s.fetchCooldown,
+		JobTimeout:           *s.jobTimeout,
+		RescueStuckJobsAfter: *s.rescueAfter,
+		ShutdownTimeout:      *s.shutdownTimeout,
+		RetryPolicy:          &runner.Backoff{Min: *s.retryMin, Max: *s.retryMax},
+	}, nil
+}
+
+func (s *runnerSettings) queues() *jobs.QueueSizes {
+	return &jobs.QueueSizes{Email: *s.emailWorkers, Default: *s.defaultWorkers}
+}

@@ -1,0 +1,138 @@
+// Package app assembles the runner, its workers and the HTTP API from their
+// settings: what `runner serve`, `runner demo` and the integration tests share.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/pgonce/pgonce/api"
+	"github.com/pgonce/pgonce/jobs"
+	"github.com/pgonce/pgonce/mailer"
+	"github.com/pgonce/pgonce/runner"
+)
+
+// Options configure an App.
+type Options struct {
+	Pool   *pgxpool.Pool
+	Mailer mailer.Sender
+
+	MailFrom   string
+	MailDomain string
+
+	// Tokens and AllowAnonymous configure API authentication (see api.Config).
+	Tokens         map[string]string
+	AllowAnonymous bool
+
+	// Runner is the base runner configuration; Workers and Queues are filled
+	// in here.
+	Runner runner.Config
+	Queues *jobs.QueueSizes
+
+	Logger *slog.Logger
+}
+
+// App is a wired runner with its API.
+type App struct {
+	Pool   *pgxpool.Pool
+	Runner *runner.Runner
+	API    *api.Server
+	Logger *slog.Logger
+
+	httpServer *http.Server
+	listener   net.Listener
+	serveDone  chan error
+}
+
+// New builds the runner, registers the job kinds and builds the API.
+func New(opts *Options) (*App, error) {
+	if opts.Pool == nil || opts.Mailer == nil {
+		return nil, errors.New("app: Pool and Mailer are required")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	workers := river.NewWorkers()
+	if err := jobs.Register(workers, &jobs.Deps{
+		Pool: opts.Pool, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain,
+	}); err != nil {
+		return nil, err
+	}
+	cfg := opts.Runner
+	cfg.Workers = workers
+	if cfg.Queues == nil {
+		cfg.Queues = jobs.Queues(opts.Queues)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = logger
+	}
+	r, err := runner.New(opts.Pool, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := api.New(&api.Config{
+		Pool: opts.Pool, Runner: r, Tokens: opts.Tokens, AllowAnonymous: opts.AllowAnonymous,
+		MessageDomain: opts.MailDomain, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &App{Pool: opts.Pool, Runner: r, API: srv, Logger: logger}, nil
+}
+
+// Start starts the workers and serves the API on addr ("127.0.0.1:0" picks
+// a free port; see URL).
+func (a *App) Start(ctx context.Context, addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	if err := a.Runner.Start(ctx); err != nil {
+		l.Close()
+		return err
+	}
+	a.listener = l
+	a.httpServer = &http.Server{
+		Handler:           a.API.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	a.serveDone = make(chan error, 1)
+	go func() { a.serveDone <- a.httpServer.Serve(l) }()
+	return nil
+}
+
+// URL is the API's base URL, e.g. http://127.0.0.1:8080.
+func (a *App) URL() string { return "http://" + a.listener.Addr().String() }
+
+// Stop stops taking requests (in-flight ones finish), then stops the runner
+// within the rest of ctx's budget (see runner.Runner.Stop).
+func (a *App) Stop(ctx context.Context) error {
+	var errs []error
+	if a.httpServer != nil {
+		httpCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := a.httpServer.Shutdown(httpCtx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping HTTP server: %w", err))
+			_ = a.httpServer.Close()
+		}
+		cancel()
+		if err := <-a.serveDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if err := a.Runner.Stop(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,87 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+)
+
+// Beginner begins transactions: *pgxpool.Pool, *pgxpool.Conn and *pgx.Conn
+// all are.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// WorkTx is the worker's half of the outbox: it runs fn in a new transaction
+// and completes job in that same transaction, so the job's effect and its
+// completion commit together or not at all. A retried job therefore finds
+// either nothing done or everything done.
+//
+// fn should first lock what it acts on (SELECT ... FOR UPDATE, or an INSERT
+// that a unique constraint guards), check whether the effect is already there,
+// and only then act: a job can run more than once (a retry after a crash, a
+// rescue, a duplicate enqueued after retention) and two runs can overlap.
+//
+// When fn returns an error the transaction rolls back and the error goes to
+// River, which retries the job per the retry policy, unless the error is
+// wrapped with KeepChanges: then what fn wrote is committed first (to record
+// a failed attempt, say). River's JobCancel and JobSnooze errors may be
+// returned, wrapped or not.
+//
+// If the job stopped running while fn ran (rescued, cancelled, or requeued by
+// a shutdown), the completion fails, everything rolls back and WorkTx returns
+// ErrJobNotRunning.
+func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T], fn func(ctx context.Context, tx pgx.Tx) error) error {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("beginning job transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+
+	if err := fn(ctx, tx); err != nil {
+		var keep *keepChangesError
+		if !errors.As(err, &keep) {
+			return err
+		}
+		// The job's context may be cancelled (a timeout, a shutdown): the
+		// record of the attempt must still be written.
+		commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if cerr := tx.Commit(commitCtx); cerr != nil {
+			return errors.Join(keep.err, fmt.Errorf("committing the attempt's record: %w", cerr))
+		}
+		return keep.err
+	}
+
+	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
+		if errors.Is(err, rivertype.ErrNotFound) {
+			return ErrJobNotRunning
+		}
+		return fmt.Errorf("completing job %d: %w", job.ID, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("committing job %d: %w", job.ID, err)
+	}
+	return nil
+}
+
+// KeepChanges wraps err so that WorkTx commits what fn wrote before handing
+// err to River: use it to record a failed attempt (an error message, an
+// attempt counter, a status) that must survive the retry.
+func KeepChanges(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &keepChangesError{err: err}
+}
+
+type keepChangesError struct{ err error }
+
+func (e *keepChangesError) Error() string { return e.err.Error() }
+func (e *keepChangesError) Unwrap() error { return e.err }
