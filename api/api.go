@@ -227,7 +227,7 @@ func (s *Server) recoverPanics(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
-				if v == http.ErrAbortHandler {
+				if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
 					panic(v)
 				}
 				s.cfg.Logger.Error("http handler panicked", "panic", fmt.Sprint(v), "path", r.URL.Path, "request_id", RequestID(r.Context()))

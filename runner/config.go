@@ -196,10 +196,10 @@ func (c *Config) validate() error {
 	var errs []error
 	if !c.InsertOnly {
 		if c.Workers == nil {
-			errs = append(errs, errors.New("Workers is required unless InsertOnly"))
+			errs = append(errs, errors.New("a runner that works jobs needs Workers (or set InsertOnly)"))
 		}
 		if len(c.Queues) == 0 {
-			errs = append(errs, errors.New("Queues must name at least one queue unless InsertOnly"))
+			errs = append(errs, errors.New("a runner that works jobs needs at least one queue (or set InsertOnly)"))
 		}
 		for name, q := range c.Queues {
 			if q.MaxWorkers < 1 {

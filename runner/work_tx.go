@@ -59,11 +59,16 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 		return keep.err
 	}
 
-	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
-		if errors.Is(err, rivertype.ErrNotFound) {
-			return ErrJobNotRunning
-		}
+	completed, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+	if errors.Is(err, rivertype.ErrNotFound) {
+		return ErrJobNotRunning
+	}
+	if err != nil {
 		return fmt.Errorf("completing job %d: %w", job.ID, err)
+	}
+	if completed.State != rivertype.JobStateCompleted {
+		// River's update leaves a job that is no longer running as it is.
+		return ErrJobNotRunning
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("committing job %d: %w", job.ID, err)

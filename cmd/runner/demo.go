@@ -28,7 +28,7 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	smtpFaults := fs.float("smtp-fault-rate", "DEMO_SMTP_FAULT_RATE", 0.03, "share of SMTP conversations the sink rejects temporarily (451), to exercise retries")
 	smtpDrops := fs.float("smtp-drop-rate", "DEMO_SMTP_DROP_RATE", 0, "share of SMTP conversations the sink drops after receiving the data (in-doubt sends, delivered twice with one Message-ID)")
 	drainTimeout := fs.duration("drain-timeout", "DEMO_DRAIN_TIMEOUT", 3*time.Minute, "how long to wait for every email after the last signup")
-	rc := runnerFlags(fs)
+	rc := runnerFlags(fs, 200*time.Millisecond)
 	logLevel := fs.string("log-level", "LOG_LEVEL", "warn", "log level: debug, info, warn or error")
 	if err := fs.parse(args); err != nil {
 		return err

@@ -25,7 +25,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mailDomain := fs.string("mail-domain", "MAIL_DOMAIN", jobs.DomainDefault, "domain of Message-IDs")
 	tokens := fs.string("api-tokens", "API_TOKENS", "", "API clients as principal:token pairs, comma-separated; tokens at least 16 characters (required unless --dev)")
 	migrateUp := fs.bool("migrate", "MIGRATE", true, "apply pending migrations at start")
-	rc := runnerFlags(fs)
+	rc := runnerFlags(fs, runner.BackoffMinDefault)
 	logFormat := fs.string("log-format", "LOG_FORMAT", "json", "log format: json or text")
 	logLevel := fs.string("log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	if err := fs.parse(args); err != nil {
@@ -130,7 +130,7 @@ type runnerSettings struct {
 	retryMax        *time.Duration
 }
 
-func runnerFlags(fs *flags) *runnerSettings {
+func runnerFlags(fs *flags, retryMin time.Duration) *runnerSettings {
 	return &runnerSettings{
 		emailWorkers:    fs.int("email-workers", "EMAIL_WORKERS", 50, "jobs the email queue works at once"),
 		defaultWorkers:  fs.int("default-workers", "DEFAULT_WORKERS", 50, "jobs the default queue works at once"),
@@ -138,7 +138,7 @@ func runnerFlags(fs *flags) *runnerSettings {
 		jobTimeout:      fs.duration("job-timeout", "JOB_TIMEOUT", runner.JobTimeoutDefault, "how long a job may run before its context is cancelled"),
 		rescueAfter:     fs.duration("rescue-after", "RESCUE_AFTER", 0, "how long a job may stay running before it is presumed dead and retried (default job-timeout + 1m)"),
 		shutdownTimeout: fs.duration("shutdown-timeout", "SHUTDOWN_TIMEOUT", runner.ShutdownTimeoutDefault, "graceful shutdown budget"),
-		retryMin:        fs.duration("retry-min", "RETRY_MIN", runner.BackoffMinDefault, "delay before a failed job's first retry (doubling after)"),
+		retryMin:        fs.duration("retry-min", "RETRY_MIN", retryMin, "delay before a failed job's first retry (doubling after)"),
 		retryMax:        fs.duration("retry-max", "RETRY_MAX", runner.BackoffMaxDefault, "longest delay between retries"),
 	}
 }

@@ -79,7 +79,7 @@ func Start(ctx context.Context, opts *Options) (*Server, error) {
 	logf(opts, "no PostgreSQL binaries found (%v); trying Docker through testcontainers-go", binErr)
 	srv, err := startContainer(ctx, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w (binaries: %v; docker: %v)", ErrNoPostgres, binErr, err)
+		return nil, fmt.Errorf("%w (binaries: %w; docker: %w)", ErrNoPostgres, binErr, err)
 	}
 	return srv, nil
 }

@@ -136,6 +136,33 @@ type Opts struct {
 func New(t testing.TB, opts *Opts) *DB {
 	t.Helper()
 	ensure(t)
+	db, drop, err := create(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Errorf("testdb: %v", err)
+		}
+	})
+	return db
+}
+
+// ForExample creates a migrated database for a runnable example, which has
+// no *testing.T; call the returned function to drop it.
+func ForExample() (*DB, func()) {
+	setupOnce.Do(func() { setupErr = setup() })
+	if setupErr != nil {
+		panic(setupErr)
+	}
+	db, drop, err := create(nil)
+	if err != nil {
+		panic(err)
+	}
+	return db, func() { _ = drop() }
+}
+
+func create(opts *Opts) (*DB, func() error, error) {
 	if opts == nil {
 		opts = &Opts{}
 	}
@@ -148,12 +175,12 @@ func New(t testing.TB, opts *Opts) *DB {
 		stmt = "CREATE DATABASE " + name
 	}
 	if err := adminExec(ctx, stmt); err != nil {
-		t.Fatalf("testdb: %s: %v", stmt, err)
+		return nil, nil, fmt.Errorf("testdb: %s: %w", stmt, err)
 	}
 	dbURL := withDatabase(serverURL, name)
 	cfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	cfg.MaxConns = 20
 	if opts.MaxConns > 0 {
@@ -161,17 +188,18 @@ func New(t testing.TB, opts *Opts) *DB {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	t.Cleanup(func() {
+	drop := func() error {
 		pool.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := adminExec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("testdb: dropping %s: %v", name, err)
+			return fmt.Errorf("dropping %s: %w", name, err)
 		}
-	})
-	return &DB{Name: name, URL: dbURL, Pool: pool}
+		return nil
+	}
+	return &DB{Name: name, URL: dbURL, Pool: pool}, drop, nil
 }
 
 func adminExec(ctx context.Context, sql string) error {

@@ -1,0 +1,48 @@
+# pgonce: a PostgreSQL transactional-outbox job runner.
+# Tests need a PostgreSQL: TEST_DATABASE_URL, else the installed server binaries
+# (a throwaway cluster), else Docker through testcontainers-go.
+
+GO        ?= go
+PKGS      ?= ./...
+TESTFLAGS ?=
+GOLANGCI  := $(or $(shell command -v golangci-lint 2>/dev/null),$(wildcard $(shell $(GO) env GOPATH)/bin/golangci-lint))
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z\/_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: ## Start the runner on a throwaway database and SMTP sink, push a signup workload through it, print the audit
+	$(GO) run ./cmd/runner demo $(ARGS)
+
+.PHONY: serve
+serve: ## Serve the API and work jobs in development mode (throwaway database, SMTP sink, generated token)
+	$(GO) run ./cmd/runner serve --dev --log-format text $(ARGS)
+
+.PHONY: build
+build: ## Build bin/runner
+	$(GO) build -o bin/runner ./cmd/runner
+
+.PHONY: test
+test: ## Run every test against a real PostgreSQL
+	$(GO) test -count=1 -timeout 20m $(TESTFLAGS) $(PKGS)
+
+.PHONY: test/race
+test/race: ## Run every test with the race detector
+	$(GO) test -count=1 -race -timeout 30m $(TESTFLAGS) $(PKGS)
+
+.PHONY: lint
+lint: ## go vet, gofmt, and golangci-lint when installed
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+ifneq ($(GOLANGCI),)
+	$(GOLANGCI) run $(PKGS)
+else
+	@echo "golangci-lint not installed (go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0); ran go vet and gofmt only"
+endif
+
+.PHONY: bench
+bench: ## Run the Go benchmarks (each reports its figures against a baseline run in the same process)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s $(PKGS)

@@ -1,0 +1,199 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgonce/pgonce/internal/smtpsink"
+	"github.com/pgonce/pgonce/internal/testdb"
+)
+
+const token = "integration-token-0123456789"
+
+func env(db *testdb.DB, sink *smtpsink.Sink, extra ...string) []string {
+	return append([]string{
+		"DATABASE_URL=" + db.URL,
+		"SMTP_URL=" + sink.URL(),
+		"API_TOKENS=tester:" + token,
+	}, extra...)
+}
+
+func newSink(t *testing.T) *smtpsink.Sink {
+	t.Helper()
+	sink, err := smtpsink.Start()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sink.Close() })
+	return sink
+}
+
+// The binary end to end: signups (with duplicates) over HTTP, welcome emails
+// over SMTP, and a graceful stop on SIGTERM.
+func TestServe_Signups(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, &testdb.Opts{Empty: true}) // serve migrates it
+	sink := newSink(t)
+	p := serve(t, env(db, sink))
+
+	const users = 50
+	var wg sync.WaitGroup
+	statuses := make(chan int, users*2)
+	for i := range users {
+		for range 2 { // every user submits twice, at once
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				status, _ := postJSON(t, p.URL+"/api/users", token, fmt.Sprintf(`{"email":"u%d@example.com"}`, i))
+				statuses <- status
+			}()
+		}
+	}
+	wg.Wait()
+	close(statuses)
+	byStatus := map[int]int{}
+	for s := range statuses {
+		byStatus[s]++
+	}
+	require.Equal(t, map[int]int{http.StatusCreated: users, http.StatusOK: users}, byStatus)
+
+	require.NoError(t, sink.WaitFor(context.Background(), users))
+	waitFor(t, 20*time.Second, "jobs completed", func() bool {
+		return count(t, db, `SELECT count(*) FROM river_job WHERE state = 'completed'`) == users
+	})
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, p.wait(t, 15*time.Second))
+
+	require.Equal(t, users, count(t, db, `SELECT count(*) FROM email_log WHERE status = 'sent'`))
+	st := sink.Stats()
+	require.Equal(t, users, st.Messages)
+	require.Equal(t, users, st.DistinctMessageIDs)
+	require.Zero(t, count(t, db, `SELECT count(*) FROM river_job WHERE state = 'running'`))
+}
+
+// SC-9: the worker process is killed with SIGKILL after the welcome email
+// went out over SMTP but before its transaction committed (variant: just
+// before the send). A new process retries and completes the job: one
+// email_log row, at most two deliveries with one Message-ID, the in-doubt
+// send visible.
+func TestServe_SC9_KilledAroundTheSend(t *testing.T) {
+	t.Parallel()
+	for _, afterSend := range []bool{true, false} {
+		name := map[bool]string{true: "killed_after_send", false: "killed_before_send"}[afterSend]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testKilledAroundSend(t, afterSend)
+		})
+	}
+}
+
+func testKilledAroundSend(t *testing.T, afterSend bool) {
+	db := testdb.New(t, nil)
+	sink := newSink(t)
+	fast := []string{"JOB_TIMEOUT=2s", "RESCUE_AFTER=3s", "RETRY_MIN=100ms", "RETRY_MAX=500ms"}
+	first := serve(t, env(db, sink, fast...))
+
+	var once sync.Once
+	killFirst := func() { once.Do(first.kill) }
+	if afterSend {
+		// The sink holds the message; the worker waits for its answer and
+		// dies before it arrives.
+		sink.SetHooks(smtpsink.Hooks{AfterRecord: func(smtpsink.Message) { killFirst() }})
+	} else {
+		sink.SetHooks(smtpsink.Hooks{BeforeMail: killFirst})
+	}
+	status, body := postJSON(t, first.URL+"/api/users", token, `{"email":"sc9@example.com"}`)
+	require.Equal(t, http.StatusCreated, status, body)
+	require.Equal(t, -int(syscall.SIGKILL), first.wait(t, 20*time.Second))
+	sink.SetHooks(smtpsink.Hooks{})
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM river_job WHERE state = 'running'`), "the killed process left its job running")
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM email_attempts WHERE outcome IS NULL`), "the attempt is on record without an outcome")
+
+	second := serve(t, env(db, sink, fast...))
+	waitFor(t, 60*time.Second, "the job to be rescued and completed", func() bool {
+		return count(t, db, `SELECT count(*) FROM river_job WHERE state = 'completed'`) == 1
+	})
+	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, second.wait(t, 15*time.Second))
+
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM email_log`))
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM email_log WHERE status = 'sent' AND in_doubt`),
+		"the retry followed an attempt without an outcome, so the email is marked in doubt")
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM email_attempts WHERE outcome = 'unknown'`))
+	st := sink.Stats()
+	require.Equal(t, 1, st.DistinctMessageIDs)
+	if afterSend {
+		require.Equal(t, 2, st.Messages, "delivered by the killed attempt and by the retry")
+	} else {
+		require.Equal(t, 1, st.Messages, "only the retry delivered")
+	}
+	var messageID string
+	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT message_id FROM email_log`).Scan(&messageID))
+	for id := range st.PerMessageID {
+		require.Equal(t, messageID, id)
+	}
+}
+
+// runner demo against a database, as `make run` does on the embedded one.
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, &testdb.Opts{Empty: true})
+	p := start(t, []string{"DATABASE_URL=" + db.URL}, "demo", "--users", "300", "--smtp-fault-rate", "0.05", "--smtp-drop-rate", "0.02", "--retry-min", "50ms")
+	code := p.wait(t, 2*time.Minute)
+	require.Equal(t, 0, code, p.out.String())
+	require.Contains(t, p.out.String(), "every invariant holds")
+	require.Contains(t, p.out.String(), "distinct Message-IDs")
+}
+
+// runner demo with nothing configured starts its own PostgreSQL and removes
+// it at exit.
+func TestDemo_EmbeddedDatabase(t *testing.T) {
+	t.Parallel()
+	p := start(t, nil, "demo", "--users", "100")
+	require.Equal(t, 0, p.wait(t, 2*time.Minute), p.out.String())
+	require.Contains(t, p.out.String(), "starting a throwaway PostgreSQL")
+	require.Contains(t, p.out.String(), "every invariant holds")
+}
+
+func TestMigrateCommand(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, &testdb.Opts{Empty: true})
+	e := []string{"DATABASE_URL=" + db.URL}
+	run := func(args ...string) (int, string) {
+		p := start(t, e, args...)
+		code := p.wait(t, time.Minute)
+		return code, p.out.String()
+	}
+	code, out := run("migrate", "status")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "pending")
+	code, out = run("migrate", "up")
+	require.Equal(t, 0, code, out)
+	code, out = run("migrate", "status")
+	require.Equal(t, 0, code, out)
+	require.NotContains(t, out, "pending")
+	require.Contains(t, out, "River schema v8")
+	code, out = run("migrate", "down", "--to", "0")
+	require.Equal(t, 0, code, out)
+	require.Zero(t, count(t, db, `SELECT count(*) FROM information_schema.tables WHERE table_name IN ('river_job', 'users')`))
+	code, out = run("migrate", "sideways")
+	require.Equal(t, 2, code, out)
+}
+
+// serve refuses to start without its configuration, saying what is missing.
+func TestServe_RequiresConfig(t *testing.T) {
+	t.Parallel()
+	p := start(t, nil, "serve")
+	require.Equal(t, 2, p.wait(t, 30*time.Second))
+	require.Contains(t, p.out.String(), "DATABASE_URL")
+	require.Contains(t, p.out.String(), "API_TOKENS")
+
+	p = start(t, []string{"DATABASE_URL=postgres://x", "SMTP_URL=smtp://x", "API_TOKENS=short:abc"}, "serve")
+	require.Equal(t, 2, p.wait(t, 30*time.Second))
+	require.Contains(t, p.out.String(), "shorter than 16")
+}

@@ -1,0 +1,69 @@
+package signup_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgonce/pgonce/internal/testdb"
+	"github.com/pgonce/pgonce/signup"
+)
+
+func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
+
+func TestNormalizeEmail(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"ada@example.com":        "ada@example.com",
+		"  Ada@Example.COM \n":   "Ada@Example.COM",
+		"a.b+tag@sub.example.io": "a.b+tag@sub.example.io",
+		"root@localhost":         "root@localhost",
+	} {
+		got, err := signup.NormalizeEmail(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got)
+	}
+	for _, bad := range []string{"", " ", "ada", "ada@", "@example.com", "Ada <ada@example.com>", "<ada@example.com>",
+		"ada@example", "a b@example.com", strings.Repeat("a", 250) + "@example.com", "ada@@example.com"} {
+		_, err := signup.NormalizeEmail(bad)
+		require.ErrorIs(t, err, signup.ErrInvalidEmail, "%q", bad)
+	}
+	require.ErrorIs(t, signup.ValidateName(strings.Repeat("é", 201)), signup.ErrInvalidName)
+	require.NoError(t, signup.ValidateName(strings.Repeat("é", 200)))
+	require.ErrorIs(t, signup.ValidateName("\xff"), signup.ErrInvalidName)
+}
+
+// The database, not the application, keeps one user per address in any case.
+func TestFindOrCreate_CaseInsensitive(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, nil)
+	ctx := context.Background()
+	var first, second *signup.User
+	var created1, created2 bool
+	require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		var err error
+		first, created1, err = signup.FindOrCreate(ctx, tx, "Ada@Example.com", "Ada")
+		if err != nil {
+			return err
+		}
+		second, created2, err = signup.FindOrCreate(ctx, tx, "ada@example.COM", "other")
+		return err
+	}))
+	require.True(t, created1)
+	require.False(t, created2)
+	require.Equal(t, first.ID, second.ID)
+	require.Equal(t, "Ada", second.Name)
+
+	_, err := db.Pool.Exec(ctx, `INSERT INTO users (email) VALUES ('ADA@EXAMPLE.COM')`)
+	require.Error(t, err, "the unique index on lower(email) refuses a second row")
+
+	u, err := signup.Get(ctx, db.Pool, first.ID)
+	require.NoError(t, err)
+	require.Equal(t, "Ada@Example.com", u.Email)
+	_, err = signup.Get(ctx, db.Pool, 424242)
+	require.ErrorIs(t, err, signup.ErrUserNotFound)
+}
