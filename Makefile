@@ -14,12 +14,12 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z\/_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: run
-run: ## Start the runner on a throwaway database and SMTP sink, push a signup workload through it, print the audit
-	$(GO) run ./cmd/runner demo $(ARGS)
+run: build ## Start the runner on a throwaway database and SMTP sink, push a workload through it, print the audit
+	./bin/runner demo $(ARGS)
 
 .PHONY: serve
-serve: ## Serve the API and work jobs in development mode (throwaway database, SMTP sink, generated token)
-	$(GO) run ./cmd/runner serve --dev --log-format text $(ARGS)
+serve: build ## Serve the API and work jobs in development mode (throwaway database, SMTP sink, generated token)
+	./bin/runner serve --dev --log-format text $(ARGS)
 
 .PHONY: build
 build: ## Build bin/runner

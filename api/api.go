@@ -99,9 +99,6 @@ func New(cfg *Config) (*Server, error) {
 	s.handleAPI("GET /api/users/{id}", s.getUser)
 	s.handleAPI("GET /api/jobs/{id}", s.getJob)
 	s.handleAPI("POST /api/jobs/{id}/retry", s.retryJob)
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		problem.Write(w, r, problem.New(http.StatusNotFound, "not-found", "Not found", "No route for "+r.Method+" "+r.URL.Path+"."))
-	})
 	return s, nil
 }
 
@@ -119,8 +116,34 @@ func (s *Server) handleAPI(pattern string, h http.HandlerFunc) { s.Handle(patter
 // Handler returns the server's handler, with panics recovered, request ids
 // and request logging.
 func (s *Server) Handler() http.Handler {
-	return s.requestID(s.logRequests(s.recoverPanics(s.mux)))
+	return s.requestID(s.logRequests(s.recoverPanics(http.HandlerFunc(s.route))))
 }
+
+// route dispatches to the mux, answering unknown paths (404) and methods
+// (405, with Allow) with problems rather than the mux's plain text.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern != "" {
+		s.mux.ServeHTTP(w, r) // sets the path values Handler does not
+		return
+	}
+	probe := &statusRecorder{ResponseWriter: discardWriter{header: http.Header{}}}
+	h.ServeHTTP(probe, r)
+	if probe.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", probe.Header().Get("Allow"))
+		problem.Write(w, r, problem.New(http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed",
+			r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+probe.Header().Get("Allow")+"."))
+		return
+	}
+	problem.Write(w, r, problem.New(http.StatusNotFound, "not-found", "Not found", "No route for "+r.Method+" "+r.URL.Path+"."))
+}
+
+// discardWriter is a ResponseWriter that keeps headers and drops the body.
+type discardWriter struct{ header http.Header }
+
+func (d discardWriter) Header() http.Header         { return d.header }
+func (d discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (d discardWriter) WriteHeader(int)             {}
 
 type ctxKey int
 
@@ -213,7 +236,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
-		level := slog.LevelDebug
+		level := slog.LevelInfo
 		if rec.status >= 500 {
 			level = slog.LevelWarn
 		}

@@ -127,6 +127,7 @@ func TestCreateUser_BadInput(t *testing.T) {
 		slug                    string
 	}{
 		{"malformed JSON", "application/json", `{"email":`, 400, "invalid-json"},
+		{"null", "application/json", `null`, 400, "invalid-json"},
 		{"not an object", "application/json", `["ada@example.com"]`, 400, "invalid-json"},
 		{"empty body", "application/json", ``, 400, "invalid-json"},
 		{"unknown field", "application/json", `{"email":"ada@example.com","admin":true}`, 400, "invalid-json"},
@@ -159,6 +160,9 @@ func TestCreateUser_BadInput(t *testing.T) {
 	requireProblem(t, resp, raw, 404, "user-not-found")
 	resp, raw = f.do(t, "GET", "/api/nothing", "", "")
 	requireProblem(t, resp, raw, 404, "not-found")
+	resp, raw = f.do(t, "DELETE", "/api/users/1", "", "")
+	requireProblem(t, resp, raw, 405, "method-not-allowed")
+	require.Contains(t, resp.Header.Get("Allow"), "GET")
 }
 
 func TestAuth(t *testing.T) {

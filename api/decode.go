@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strings"
 
 	"github.com/pgonce/pgonce/internal/problem"
 )
@@ -33,14 +34,14 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, dst any) boo
 		problem.Write(w, r, problem.New(http.StatusBadRequest, "unreadable-body", "Unreadable request body", err.Error()))
 		return false
 	}
+	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
+		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", "The body must be a JSON object."))
+		return false
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		detail := err.Error()
-		if errors.Is(err, io.EOF) {
-			detail = "The body is empty; send a JSON object."
-		}
-		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", detail))
+		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", jsonErrorDetail(err)))
 		return false
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
@@ -49,4 +50,38 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, dst any) boo
 		return false
 	}
 	return true
+}
+
+// jsonErrorDetail says what is wrong with a body in the client's terms,
+// without Go type names.
+func jsonErrorDetail(err error) string {
+	var syntax *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax):
+		return fmt.Sprintf("Malformed JSON at byte %d.", syntax.Offset)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "Malformed JSON: the body ends too early."
+	case errors.As(err, &typeErr) && typeErr.Field != "":
+		return fmt.Sprintf("Field %q must be a %s, not a JSON %s.", typeErr.Field, jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
+	case errors.As(err, &typeErr):
+		return fmt.Sprintf("The body must be a JSON object, not a JSON %s.", typeErr.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return "Unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + "."
+	}
+	return "Malformed JSON."
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "string"
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "float32", "float64":
+		return "number"
+	case "bool":
+		return "boolean"
+	case "slice", "array":
+		return "array"
+	}
+	return "object"
 }

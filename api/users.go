@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,11 +42,11 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 	}
 	email, err := signup.NormalizeEmail(req.Email)
 	if err != nil {
-		problem.Write(w, r, problem.New(http.StatusUnprocessableEntity, "invalid-email", "Invalid email address", err.Error()))
+		problem.Write(w, r, problem.New(http.StatusUnprocessableEntity, "invalid-email", "Invalid email address", detail(err)))
 		return
 	}
 	if err := signup.ValidateName(req.Name); err != nil {
-		problem.Write(w, r, problem.New(http.StatusUnprocessableEntity, "invalid-name", "Invalid name", err.Error()))
+		problem.Write(w, r, problem.New(http.StatusUnprocessableEntity, "invalid-name", "Invalid name", detail(err)))
 		return
 	}
 
@@ -127,5 +128,21 @@ func (s *Server) getUser(w http.ResponseWriter, r *http.Request) {
 	if emails == nil {
 		emails = []EmailView{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"user": u, "emails": emails})
+	writeJSON(w, http.StatusOK, struct {
+		User   *signup.User `json:"user"`
+		Emails []EmailView  `json:"emails"`
+	}{u, emails})
+}
+
+// detail turns a validation error into a sentence for the client, without
+// the Go package prefix.
+func detail(err error) string {
+	msg := err.Error()
+	if _, rest, ok := strings.Cut(msg, ": "); ok {
+		msg = rest
+	}
+	if msg != "" {
+		msg = strings.ToUpper(msg[:1]) + msg[1:]
+	}
+	return msg + "."
 }

@@ -95,7 +95,8 @@ type Config struct {
 	// JobTimeout. Workers must tolerate the rescued job running again (WorkTx
 	// with a row lock makes that safe).
 	//
-	// Defaults to JobTimeout + RescueStuckJobsAfterDefault (2 min).
+	// Defaults to JobTimeout + RescueStuckJobsAfterDefault (1 min), so 2 min
+	// with the default JobTimeout.
 	RescueStuckJobsAfter time.Duration
 
 	// MaxAttempts is the number of attempts before a job is discarded, unless

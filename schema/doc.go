@@ -9,8 +9,7 @@
 //
 // Migrate everything at startup or in a deploy step:
 //
-//	db := stdlib.OpenDBFromPool(pool)
-//	if _, err := schema.Up(ctx, db); err != nil {
+//	if _, err := schema.UpPool(ctx, pool); err != nil { // or schema.Up with a *sql.DB
 //		return err
 //	}
 //

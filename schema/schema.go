@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 	"github.com/riverqueue/river/riverdriver/riverdatabasesql"
@@ -61,6 +63,13 @@ func Up(ctx context.Context, db *sql.DB) ([]*goose.MigrationResult, error) {
 		return res, fmt.Errorf("migrating up: %w", err)
 	}
 	return res, nil
+}
+
+// UpPool applies every pending migration through a pgx pool.
+func UpPool(ctx context.Context, pool *pgxpool.Pool) ([]*goose.MigrationResult, error) {
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	return Up(ctx, db)
 }
 
 // riverMigration is goose migration 1: River's schema at

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/pgonce/pgonce/internal/pgembed"
 	"github.com/pgonce/pgonce/internal/smtpsink"
@@ -48,9 +47,7 @@ func openDatabase(ctx context.Context, databaseURL string, migrateUp bool, logf 
 		return nil, fmt.Errorf("connecting to the database: %w", err)
 	}
 	if migrateUp {
-		sqlDB := stdlib.OpenDBFromPool(pool)
-		res, err := schema.Up(ctx, sqlDB)
-		sqlDB.Close()
+		res, err := schema.UpPool(ctx, pool)
 		if err != nil {
 			db.Close()
 			return nil, err

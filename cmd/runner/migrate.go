@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/olekukonko/tablewriter"
@@ -22,7 +23,10 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (required)")
 	to := fs.int("to", "", -1, "down: roll back to this version instead of one step")
-	if len(args) == 0 {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if err := fs.parse(args); err != nil {
+			return err // -h and --help end here
+		}
 		fs.Usage()
 		return fmt.Errorf("%w: missing up, down or status", errUsage)
 	}
@@ -65,7 +69,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("%w: unknown migrate action %q (want up, down or status)", errUsage, action)
 	}
 	for _, r := range results {
-		fmt.Fprintf(stdout, "%-4s %s (%s)\n", r.Direction, r.Source.Path, r.Duration.Round(1e6))
+		fmt.Fprintf(stdout, "%-4s %s (%s)\n", r.Direction, migrationName(r.Source), r.Duration.Round(1e6))
 	}
 	if err != nil {
 		return err
@@ -88,11 +92,14 @@ func printStatus(ctx context.Context, p *goose.Provider, w io.Writer) error {
 		if !s.AppliedAt.IsZero() {
 			applied = s.AppliedAt.Format("2006-01-02 15:04:05")
 		}
-		name := s.Source.Path
-		if name == "" {
-			name = "(go) River schema v" + strconv.Itoa(schema.RiverMigrationVersion)
-		}
-		_ = t.Append(strconv.FormatInt(s.Source.Version, 10), name, string(s.State), applied)
+		_ = t.Append(strconv.FormatInt(s.Source.Version, 10), migrationName(s.Source), string(s.State), applied)
 	}
 	return t.Render()
+}
+
+func migrationName(src *goose.Source) string {
+	if src.Path == "" {
+		return "(go) River schema v" + strconv.Itoa(schema.RiverMigrationVersion)
+	}
+	return src.Path
 }

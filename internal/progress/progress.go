@@ -25,6 +25,7 @@ type Bar struct {
 	done      int64
 	start     time.Time
 	lastPrint time.Time
+	printed   int64 // done when the last line was printed
 	finished  bool
 }
 
@@ -34,7 +35,7 @@ const LineInterval = 2 * time.Second
 // New starts a bar of total steps described by desc, on w. A nil w shows
 // nothing.
 func New(w io.Writer, total int64, desc string) *Bar {
-	b := &Bar{w: w, desc: desc, total: total, start: time.Now(), lastPrint: time.Now()}
+	b := &Bar{w: w, desc: desc, total: total, start: time.Now(), lastPrint: time.Now(), printed: -1}
 	if w == nil {
 		return b
 	}
@@ -82,11 +83,12 @@ func (b *Bar) Set(done int64) {
 }
 
 func (b *Bar) printLine() {
-	pct := 0.0
+	pct := int64(0)
 	if b.total > 0 {
-		pct = 100 * float64(b.done) / float64(b.total)
+		pct = 100 * b.done / b.total
 	}
-	fmt.Fprintf(b.w, "%s: %d/%d (%.0f%%) %s\n", b.desc, b.done, b.total, pct, time.Since(b.start).Round(time.Second))
+	b.printed = b.done
+	fmt.Fprintf(b.w, "%s: %d/%d (%d%%) %s\n", b.desc, b.done, b.total, pct, time.Since(b.start).Round(time.Second))
 }
 
 // Finish closes the bar.
@@ -102,5 +104,7 @@ func (b *Bar) Finish() {
 		_ = b.bar.Finish()
 		return
 	}
-	b.printLine()
+	if b.printed != b.done || b.done == 0 {
+		b.printLine()
+	}
 }
