@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/internal/problem"
 	"github.com/pgonce/pgonce/runner"
 )
@@ -56,15 +57,24 @@ type Config struct {
 	// Defaults to 10 s.
 	RequestTimeout time.Duration
 
+	// IdempotencyKeyLifetime is how long a stored answer to an
+	// Idempotency-Key request is replayed. Defaults to 24 h.
+	IdempotencyKeyLifetime time.Duration
+
+	// PaymentMaxAttempts is how often a payment's charge is tried. Defaults
+	// to jobs.PaymentMaxAttemptsDefault.
+	PaymentMaxAttempts int
+
 	// Logger receives one line per request. Defaults to slog.Default().
 	Logger *slog.Logger
 }
 
 // Server serves the HTTP API.
 type Server struct {
-	cfg    Config
-	tokens map[[32]byte]string
-	mux    *http.ServeMux
+	cfg         Config
+	tokens      map[[32]byte]string
+	mux         *http.ServeMux
+	idempotency *idempotency.Layer
 }
 
 // New validates cfg and returns a server.
@@ -93,14 +103,29 @@ func New(cfg *Config) (*Server, error) {
 		s.tokens[sha256.Sum256([]byte(token))] = principal
 	}
 
+	layer, err := idempotency.New(&idempotency.Config{
+		DB: c.Pool, Principal: PrincipalFromRequest, Lifetime: c.IdempotencyKeyLifetime,
+		MaxBodyBytes: c.MaxBodyBytes, RequestTimeout: c.RequestTimeout, Logger: c.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.idempotency = layer
+
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.handleAPI("POST /api/users", s.createUser)
 	s.handleAPI("GET /api/users/{id}", s.getUser)
+	s.Handle("POST /api/payments", layer.Middleware(http.HandlerFunc(s.createPayment)))
+	s.handleAPI("GET /api/payments/{id}", s.getPayment)
 	s.handleAPI("GET /api/jobs/{id}", s.getJob)
 	s.handleAPI("POST /api/jobs/{id}/retry", s.retryJob)
 	return s, nil
 }
+
+// Idempotency returns the server's Idempotency-Key layer (for its Stats, or
+// to put your own routes behind it).
+func (s *Server) Idempotency() *idempotency.Layer { return s.idempotency }
 
 // Handle adds a route to the server, behind authentication when pattern's
 // path starts with /api/.

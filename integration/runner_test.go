@@ -3,26 +3,66 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/smtpsink"
 	"github.com/pgonce/pgonce/internal/testdb"
 )
 
 const token = "integration-token-0123456789"
 
-func env(db *testdb.DB, sink *smtpsink.Sink, extra ...string) []string {
+func env(db *testdb.DB, sink *smtpsink.Sink, gw *testGateway, extra ...string) []string {
 	return append([]string{
 		"DATABASE_URL=" + db.URL,
 		"SMTP_URL=" + sink.URL(),
+		"GATEWAY_URL=" + gw.URL,
 		"API_TOKENS=tester:" + token,
 	}, extra...)
+}
+
+// testGateway is the reference gateway with a hook that runs once a charge
+// is decided and before its answer is written.
+type testGateway struct {
+	*gateway.Server
+	URL          string
+	beforeAnswer atomic.Pointer[func()]
+}
+
+func newGateway(t *testing.T) *testGateway {
+	t.Helper()
+	g := &testGateway{Server: gateway.NewServer()}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.ServeHTTP(&hookWriter{ResponseWriter: w, g: g, r: r}, r)
+	}))
+	t.Cleanup(func() { g.Close(); hs.Close() })
+	g.URL = hs.URL
+	return g
+}
+
+type hookWriter struct {
+	http.ResponseWriter
+	g    *testGateway
+	r    *http.Request
+	done bool
+}
+
+func (h *hookWriter) WriteHeader(status int) {
+	if fn := h.g.beforeAnswer.Load(); fn != nil && !h.done && h.r.Method == http.MethodPost {
+		h.done = true
+		(*fn)()
+	}
+	h.ResponseWriter.WriteHeader(status)
 }
 
 func newSink(t *testing.T) *smtpsink.Sink {
@@ -39,7 +79,7 @@ func TestServe_Signups(t *testing.T) {
 	t.Parallel()
 	db := testdb.New(t, &testdb.Opts{Empty: true}) // serve migrates it
 	sink := newSink(t)
-	p := serve(t, env(db, sink))
+	p := serve(t, env(db, sink, newGateway(t)))
 
 	const users = 50
 	var wg sync.WaitGroup
@@ -64,7 +104,7 @@ func TestServe_Signups(t *testing.T) {
 
 	require.NoError(t, sink.WaitFor(context.Background(), users))
 	waitFor(t, 20*time.Second, "jobs completed", func() bool {
-		return count(t, db, `SELECT count(*) FROM river_job WHERE state = 'completed'`) == users
+		return count(t, db, `SELECT count(*) FROM river_job WHERE kind = 'welcome_email' AND state = 'completed'`) == users
 	})
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	require.Equal(t, 0, p.wait(t, 15*time.Second))
@@ -96,7 +136,8 @@ func testKilledAroundSend(t *testing.T, afterSend bool) {
 	db := testdb.New(t, nil)
 	sink := newSink(t)
 	fast := []string{"JOB_TIMEOUT=2s", "RESCUE_AFTER=3s", "RETRY_MIN=100ms", "RETRY_MAX=500ms"}
-	first := serve(t, env(db, sink, fast...))
+	gw := newGateway(t)
+	first := serve(t, env(db, sink, gw, fast...))
 
 	var once sync.Once
 	killFirst := func() { once.Do(first.kill) }
@@ -111,12 +152,12 @@ func testKilledAroundSend(t *testing.T, afterSend bool) {
 	require.Equal(t, http.StatusCreated, status, body)
 	require.Equal(t, -int(syscall.SIGKILL), first.wait(t, 20*time.Second))
 	sink.SetHooks(smtpsink.Hooks{})
-	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM river_job WHERE state = 'running'`), "the killed process left its job running")
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM river_job WHERE kind = 'welcome_email' AND state = 'running'`), "the killed process left its job running")
 	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM email_attempts WHERE outcome IS NULL`), "the attempt is on record without an outcome")
 
-	second := serve(t, env(db, sink, fast...))
+	second := serve(t, env(db, sink, gw, fast...))
 	waitFor(t, 60*time.Second, "the job to be rescued and completed", func() bool {
-		return count(t, db, `SELECT count(*) FROM river_job WHERE state = 'completed'`) == 1
+		return count(t, db, `SELECT count(*) FROM river_job WHERE kind = 'welcome_email' AND state = 'completed'`) == 1
 	})
 	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
 	require.Equal(t, 0, second.wait(t, 15*time.Second))
@@ -139,22 +180,72 @@ func testKilledAroundSend(t *testing.T, afterSend bool) {
 	}
 }
 
+// The worker process is killed (SIGKILL) after the gateway made the charge
+// and before the worker received the answer and committed. The next process
+// retries with the same gateway key: one charge, the payment completed.
+func TestServe_KilledBetweenChargeAndCommit(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, nil)
+	sink := newSink(t)
+	gw := newGateway(t)
+	fast := []string{"JOB_TIMEOUT=2s", "RESCUE_AFTER=3s", "RETRY_MIN=100ms", "RETRY_MAX=500ms"}
+	first := serve(t, env(db, sink, gw, fast...))
+	var once sync.Once
+	kill := func() { once.Do(first.kill) }
+	gw.beforeAnswer.Store(&kill)
+
+	status, body := postPayment(t, first.URL, "pay-1", `{"order_id":"order-1","amount":2500,"currency":"EUR"}`)
+	require.Equal(t, http.StatusAccepted, status, body)
+	require.Equal(t, -int(syscall.SIGKILL), first.wait(t, 20*time.Second))
+	gw.beforeAnswer.Store(nil)
+	require.Len(t, gw.Ledger(), 1, "the charge was made")
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM payments WHERE status = 'pending'`), "but not recorded")
+
+	second := serve(t, env(db, sink, gw, fast...))
+	waitFor(t, 60*time.Second, "the payment to complete", func() bool {
+		return count(t, db, `SELECT count(*) FROM payments WHERE status = 'completed'`) == 1
+	})
+	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, second.wait(t, 15*time.Second))
+	require.Len(t, gw.Ledger(), 1, "one charge")
+	require.Equal(t, 1, gw.Stats().Replays, "the retry got the first charge back")
+	var chargeID string
+	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT charge_id FROM payments`).Scan(&chargeID))
+	require.Equal(t, gw.Ledger()[0].ID, chargeID)
+}
+
+func postPayment(t *testing.T, baseURL, key, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, baseURL+"/api/payments", strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(raw)
+}
+
 // runner demo against a database, as `make run` does on the embedded one.
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := testdb.New(t, &testdb.Opts{Empty: true})
-	p := start(t, []string{"DATABASE_URL=" + db.URL}, "demo", "--users", "300", "--smtp-fault-rate", "0.05", "--smtp-drop-rate", "0.02", "--retry-min", "50ms")
+	p := start(t, []string{"DATABASE_URL=" + db.URL}, "demo", "--users", "300", "--payments", "300",
+		"--smtp-fault-rate", "0.05", "--smtp-drop-rate", "0.02", "--retry-min", "50ms")
 	code := p.wait(t, 2*time.Minute)
 	require.Equal(t, 0, code, p.out.String())
 	require.Contains(t, p.out.String(), "every invariant holds")
 	require.Contains(t, p.out.String(), "distinct Message-IDs")
+	require.Contains(t, p.out.String(), "orders charged twice")
 }
 
 // runner demo with nothing configured starts its own PostgreSQL and removes
 // it at exit.
 func TestDemo_EmbeddedDatabase(t *testing.T) {
 	t.Parallel()
-	p := start(t, nil, "demo", "--users", "100")
+	p := start(t, nil, "demo", "--users", "100", "--payments", "100")
 	require.Equal(t, 0, p.wait(t, 2*time.Minute), p.out.String())
 	require.Contains(t, p.out.String(), "starting a throwaway PostgreSQL")
 	require.Contains(t, p.out.String(), "every invariant holds")
@@ -192,8 +283,9 @@ func TestServe_RequiresConfig(t *testing.T) {
 	require.Equal(t, 2, p.wait(t, 30*time.Second))
 	require.Contains(t, p.out.String(), "DATABASE_URL")
 	require.Contains(t, p.out.String(), "API_TOKENS")
+	require.Contains(t, p.out.String(), "GATEWAY_URL")
 
-	p = start(t, []string{"DATABASE_URL=postgres://x", "SMTP_URL=smtp://x", "API_TOKENS=short:abc"}, "serve")
+	p = start(t, []string{"DATABASE_URL=postgres://x", "SMTP_URL=smtp://x", "GATEWAY_URL=http://x", "API_TOKENS=short:abc"}, "serve")
 	require.Equal(t, 2, p.wait(t, 30*time.Second))
 	require.Contains(t, p.out.String(), "shorter than 16")
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/mailer"
 )
 
@@ -17,6 +18,8 @@ type Deps struct {
 	MailFrom string
 	// MailDomain is the Message-ID domain. Defaults to DomainDefault.
 	MailDomain string
+	// Gateway charges payments. Without it process_payment is not worked.
+	Gateway gateway.Gateway
 }
 
 // Register adds every worker of this package to workers.
@@ -24,9 +27,15 @@ func Register(workers *river.Workers, deps *Deps) error {
 	if deps == nil || deps.Pool == nil || deps.Mailer == nil {
 		return errors.New("jobs: Deps needs Pool and Mailer")
 	}
-	return river.AddWorkerSafely(workers, &WelcomeEmailWorker{
+	if err := river.AddWorkerSafely(workers, &WelcomeEmailWorker{
 		Pool: deps.Pool, Mailer: deps.Mailer, From: deps.MailFrom, Domain: deps.MailDomain,
-	})
+	}); err != nil {
+		return err
+	}
+	if deps.Gateway != nil {
+		return river.AddWorkerSafely(workers, &ProcessPaymentWorker{Pool: deps.Pool, Gateway: deps.Gateway})
+	}
+	return nil
 }
 
 // QueueSizes sets how many jobs each queue of this package works at once.
@@ -34,6 +43,8 @@ func Register(workers *river.Workers, deps *Deps) error {
 type QueueSizes struct {
 	// Email defaults to 50.
 	Email int
+	// Payment defaults to 50.
+	Payment int
 	// Default is river.QueueDefault, for users' own kinds. Defaults to 50.
 	Default int
 }
@@ -53,6 +64,7 @@ func Queues(sizes *QueueSizes) map[string]river.QueueConfig {
 	}
 	return map[string]river.QueueConfig{
 		QueueEmail:         {MaxWorkers: or(s.Email, 50)},
+		QueuePayment:       {MaxWorkers: or(s.Payment, 50)},
 		river.QueueDefault: {MaxWorkers: or(s.Default, 50)},
 	}
 }

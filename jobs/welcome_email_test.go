@@ -46,12 +46,7 @@ func setup(t *testing.T, o *opts) *fixture {
 		o = &opts{}
 	}
 	db := testdb.New(t, &testdb.Opts{MaxConns: o.conns})
-	sink, err := smtpsink.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = sink.Close() })
-	var m mailer.Sender
-	m, err = mailer.NewSMTP(sink.URL())
-	require.NoError(t, err)
+	sink, m := newSink(t)
 	if o.mailer != nil {
 		m = o.mailer(m)
 	}
@@ -62,11 +57,23 @@ func setup(t *testing.T, o *opts) *fixture {
 		retry = &runner.Backoff{Min: 20 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
 	r, err := runner.New(db.Pool, &runner.Config{
-		Workers: workers, Queues: jobs.Queues(nil), RetryPolicy: retry,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Workers: workers, Queues: jobs.Queues(nil), RetryPolicy: retry, Logger: warnLogger,
 	})
 	require.NoError(t, err)
 	return &fixture{db: db, sink: sink, mailer: m, runner: r}
+}
+
+var warnLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+// newSink starts an SMTP sink and a sender to it.
+func newSink(t *testing.T) (*smtpsink.Sink, mailer.Sender) {
+	t.Helper()
+	sink, err := smtpsink.Start()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sink.Close() })
+	m, err := mailer.NewSMTP(sink.URL())
+	require.NoError(t, err)
+	return sink, m
 }
 
 func (f *fixture) start(t *testing.T) {

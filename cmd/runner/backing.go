@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/pgembed"
 	"github.com/pgonce/pgonce/internal/smtpsink"
 	"github.com/pgonce/pgonce/mailer"
@@ -96,4 +99,44 @@ func mailSender(smtpURL string, logf func(string, ...any)) (mailer.Sender, *smtp
 
 func mailerFor(sink *smtpsink.Sink) (mailer.Sender, error) {
 	return mailer.NewSMTP(sink.URL())
+}
+
+// paymentGateway returns a client of the gateway at gatewayURL, or when it is
+// empty of a reference gateway started in this process on loopback (returned
+// so it can be audited; Close stops it).
+func paymentGateway(gatewayURL, token string, timeout time.Duration, faults gateway.Faults, logf func(string, ...any)) (gateway.Gateway, *localGateway, error) {
+	if gatewayURL != "" {
+		c, err := gateway.NewClient(gatewayURL, &gateway.ClientOpts{Token: token, Timeout: timeout})
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", errUsage, err)
+		}
+		return c, nil, nil
+	}
+	srv := gateway.NewServer()
+	srv.SetFaults(faults)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = httpSrv.Serve(l) }()
+	url := "http://" + l.Addr().String()
+	logf("no GATEWAY_URL: charging through the reference gateway at %s", url)
+	c, err := gateway.NewClient(url, &gateway.ClientOpts{Timeout: timeout})
+	if err != nil {
+		_ = httpSrv.Close()
+		return nil, nil, err
+	}
+	return c, &localGateway{Server: srv, http: httpSrv}, nil
+}
+
+// localGateway is a reference gateway running in this process.
+type localGateway struct {
+	*gateway.Server
+	http *http.Server
+}
+
+func (g *localGateway) Close() {
+	g.Server.Close()
+	_ = g.http.Close()
 }

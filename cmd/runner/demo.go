@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/app"
 	"github.com/pgonce/pgonce/internal/demo"
 	"github.com/pgonce/pgonce/internal/smtpsink"
@@ -17,9 +18,12 @@ import (
 
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "Usage: runner demo [flags]\n\n"+
-		"Starts the runner and its HTTP API (on a throwaway PostgreSQL and an in-process SMTP sink unless\n"+
-		"DATABASE_URL is set), drives it over HTTP with a signup workload in which a share of users submit\n"+
-		"more than once, waits for every welcome email, and prints an audit. Exits 1 if an invariant fails.")
+		"Starts the runner and its HTTP API (on a throwaway PostgreSQL, an in-process SMTP sink and an in-process\n"+
+		"reference payment gateway; DATABASE_URL overrides the database), drives it over HTTP with a signup\n"+
+		"workload (a share of users submit more than once) and a payment workload (clients retry after\n"+
+		"timeouts with the same Idempotency-Key, double-submit, reuse keys with another amount) with SMTP and\n"+
+		"gateway faults switched on, waits for every email and charge, and prints an audit of each.\n"+
+		"Exits 1 if an invariant fails.")
 	fs.SetOutput(stderr)
 	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (default: a throwaway server)")
 	users := fs.int("users", "DEMO_USERS", 2000, "users signing up")
@@ -27,13 +31,16 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	concurrency := fs.int("concurrency", "DEMO_CONCURRENCY", 32, "users signing up at once")
 	smtpFaults := fs.float("smtp-fault-rate", "DEMO_SMTP_FAULT_RATE", 0.03, "share of SMTP conversations the sink rejects temporarily (451), to exercise retries")
 	smtpDrops := fs.float("smtp-drop-rate", "DEMO_SMTP_DROP_RATE", 0, "share of SMTP conversations the sink drops after receiving the data (in-doubt sends, delivered twice with one Message-ID)")
-	drainTimeout := fs.duration("drain-timeout", "DEMO_DRAIN_TIMEOUT", 3*time.Minute, "how long to wait for every email after the last signup")
+	payments := fs.int("payments", "DEMO_PAYMENTS", 2000, "payments submitted (0 skips the payment workload)")
+	gwTimeout := fs.duration("gateway-timeout", "GATEWAY_TIMEOUT", 300*time.Millisecond, "timeout of each charge request")
+	gwFaults := faultFlags(fs, gateway.Faults{ServerError: 0.05, TimeoutAfterCharge: 0.03, Decline: 0.03, RateLimit: 0.02})
+	drainTimeout := fs.duration("drain-timeout", "DEMO_DRAIN_TIMEOUT", 3*time.Minute, "how long to wait for every email and charge after the last request")
 	rc := runnerFlags(fs, 200*time.Millisecond)
 	logLevel := fs.string("log-level", "LOG_LEVEL", "warn", "log level: debug, info, warn or error")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	if *users < 1 || *concurrency < 1 || *dupShare < 0 || *dupShare > 1 || *smtpFaults < 0 || *smtpDrops < 0 || *smtpFaults+*smtpDrops > 1 {
+	if *users < 1 || *payments < 0 || *concurrency < 1 || *dupShare < 0 || *dupShare > 1 || *smtpFaults < 0 || *smtpDrops < 0 || *smtpFaults+*smtpDrops > 1 {
 		return fmt.Errorf("%w: users and concurrency must be positive, rates between 0 and 1", errUsage)
 	}
 	logger, err := newLogger(stderr, "text", *logLevel)
@@ -69,14 +76,26 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 
+	gw, localGW, err := paymentGateway("", "", *gwTimeout, *gwFaults, logf)
+	if err != nil {
+		return err
+	}
+	defer localGW.Close()
+	logf("gateway faults: %.0f%% 503, %.0f%% timeout after charging, %.0f%% declines, %.0f%% 429",
+		100*gwFaults.ServerError, 100*gwFaults.TimeoutAfterCharge, 100*gwFaults.Decline, 100*gwFaults.RateLimit)
+
 	cfg, err := rc.config()
 	if err != nil {
 		return err
 	}
-	token := randomHex(16)
+	clients := []demo.Client{{Principal: "shop-a", Token: randomHex(16)}, {Principal: "shop-b", Token: randomHex(16)}}
+	tokens := map[string]string{}
+	for _, c := range clients {
+		tokens[c.Token] = c.Principal
+	}
 	a, err := app.New(&app.Options{
-		Pool: db.Pool, Mailer: sender, MailDomain: jobs.DomainDefault,
-		Tokens: map[string]string{token: "demo"}, Runner: *cfg, Queues: rc.queues(), Logger: logger,
+		Pool: db.Pool, Mailer: sender, Gateway: gw, MailDomain: jobs.DomainDefault,
+		Tokens: tokens, Runner: *cfg, Queues: rc.queues(), Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -97,35 +116,68 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer stop() //nolint:errcheck // the error path already reports
 	logf("API at %s, runner %s", a.URL(), a.Runner.ID())
 
-	run := &demo.Signups{
-		BaseURL: a.URL(), Token: token, RunID: "run" + randomHex(4),
+	runID := "run" + randomHex(4)
+	signups := &demo.Signups{
+		BaseURL: a.URL(), Token: clients[0].Token, RunID: runID,
 		Users: *users, DupShare: *dupShare, Concurrency: *concurrency, Progress: stderr,
 	}
-	res, err := run.Run(ctx)
+	signupRes, err := signups.Run(ctx)
 	if err != nil {
 		return err
 	}
+	var pays *demo.Payments
+	var payRes *demo.PaymentsResult
+	if *payments > 0 {
+		pays = &demo.Payments{BaseURL: a.URL(), Clients: clients, RunID: runID, Payments: *payments,
+			Concurrency: *concurrency, Progress: stderr}
+		if payRes, err = pays.Run(ctx); err != nil {
+			return err
+		}
+	}
+
 	waitCtx, cancel := context.WithTimeout(ctx, *drainTimeout)
 	defer cancel()
-	waitErr := demo.WaitForWelcomeEmails(waitCtx, db.Pool, run.Domain(), *users, stderr)
+	waitErr := demo.WaitForWelcomeEmails(waitCtx, db.Pool, signups.Domain(), *users, stderr)
+	if waitErr == nil && pays != nil {
+		waitErr = demo.WaitForPayments(waitCtx, db.Pool, runID, *payments, stderr)
+	}
 	if err := stop(); err != nil {
 		logf("stopping: %v", err)
 	}
-	audit, err := demo.AuditSignups(context.WithoutCancel(ctx), db.Pool, sink, run, res)
+
+	auditCtx := context.WithoutCancel(ctx)
+	audits := []*demo.Audit{}
+	signupAudit, err := demo.AuditSignups(auditCtx, db.Pool, sink, signups, signupRes)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout)
-	if err := audit.Print(stdout); err != nil {
-		return err
+	audits = append(audits, signupAudit)
+	if pays != nil {
+		payAudit, err := demo.AuditPayments(auditCtx, db.Pool, localGW.Ledger(), localGW.Stats(), pays, payRes)
+		if err != nil {
+			return err
+		}
+		audits = append(audits, payAudit)
 	}
-	if len(res.FailedSamples) > 0 {
-		fmt.Fprintf(stdout, "sample failed requests:\n  %s\n", strings.Join(res.FailedSamples, "\n  "))
+	var failed []demo.Check
+	for _, audit := range audits {
+		fmt.Fprintln(stdout)
+		if err := audit.Print(stdout); err != nil {
+			return err
+		}
+		failed = append(failed, audit.Failed()...)
+	}
+	samples := signupRes.FailedSamples
+	if payRes != nil {
+		samples = append(samples, payRes.FailureSamples...)
+	}
+	if len(samples) > 0 {
+		fmt.Fprintf(stdout, "sample failed requests:\n  %s\n", strings.Join(samples, "\n  "))
 	}
 	if waitErr != nil {
 		return waitErr
 	}
-	if failed := audit.Failed(); len(failed) > 0 {
+	if len(failed) > 0 {
 		return fmt.Errorf("%d invariant(s) failed, first: %s = %s, expected %s", len(failed), failed[0].Name, failed[0].Value, failed[0].Expected)
 	}
 	fmt.Fprintln(stdout, "every invariant holds")

@@ -13,7 +13,8 @@ import (
 // variable; a flag on the command line wins over the variable.
 type flags struct {
 	*flag.FlagSet
-	errs []error
+	errs  []error
+	after []func() // run after parsing, to assemble values from several flags
 }
 
 func newFlags(name, usage string) *flags {
@@ -94,6 +95,9 @@ func (f *flags) parse(args []string) error {
 	}
 	if len(f.errs) > 0 {
 		return fmt.Errorf("invalid environment: %v", f.errs)
+	}
+	for _, fn := range f.after {
+		fn()
 	}
 	return nil
 }

@@ -5,6 +5,7 @@
 //	runner serve --dev        the same on a throwaway database and SMTP sink
 //	runner demo               a realistic workload end to end, then an audit
 //	runner migrate up|down|status
+//	runner gateway            the reference payment gateway
 package main
 
 import (
@@ -26,6 +27,7 @@ Usage:
   runner serve [flags]              HTTP API and workers against DATABASE_URL (--dev: throwaway database and SMTP sink)
   runner demo [flags]               start everything on embedded defaults, drive a signup workload, print an audit
   runner migrate up|down|status     manage the schema (River's tables included) in DATABASE_URL
+  runner gateway [flags]            run the reference payment gateway (with fault injection)
 
 Run "runner <command> -h" for a command's flags.`
 
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = demoCommand(ctx, args[1:], stdout, stderr)
 	case "migrate":
 		err = migrate(ctx, args[1:], stdout, stderr)
+	case "gateway":
+		err = gatewayCommand(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0

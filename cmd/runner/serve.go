@@ -9,6 +9,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/pgonce/pgonce/gateway"
+	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/internal/app"
 	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/runner"
@@ -17,13 +19,19 @@ import (
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", "Usage: runner serve [flags]\n\nServes the HTTP API and works jobs until SIGINT or SIGTERM, then shuts down gracefully.")
 	fs.SetOutput(stderr)
-	dev := fs.bool("dev", "", false, "development mode: a throwaway database when DATABASE_URL is unset, an in-process SMTP sink when SMTP_URL is unset, and a generated API token when API_TOKENS is unset")
+	dev := fs.bool("dev", "", false, "development mode: a throwaway database when DATABASE_URL is unset, an in-process SMTP sink when SMTP_URL is unset, the reference gateway in process when GATEWAY_URL is unset, and a generated API token when API_TOKENS is unset")
 	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (required unless --dev)")
 	listen := fs.string("listen", "LISTEN_ADDR", "127.0.0.1:8080", "HTTP listen address")
 	smtpURL := fs.string("smtp-url", "SMTP_URL", "", "SMTP server, smtp://[user:pass@]host[:port][?tls=none|opportunistic|starttls] or smtps:// (required unless --dev)")
 	mailFrom := fs.string("mail-from", "MAIL_FROM", "", "sender address of emails (default welcome@<mail-domain>)")
 	mailDomain := fs.string("mail-domain", "MAIL_DOMAIN", jobs.DomainDefault, "domain of Message-IDs")
 	tokens := fs.string("api-tokens", "API_TOKENS", "", "API clients as principal:token pairs, comma-separated; tokens at least 16 characters (required unless --dev)")
+	gatewayURL := fs.string("gateway-url", "GATEWAY_URL", "", "payment gateway base URL, speaking the reference gateway's protocol (required unless --dev)")
+	gatewayToken := fs.string("gateway-token", "GATEWAY_TOKEN", "", "bearer token for the gateway")
+	gatewayTimeout := fs.duration("gateway-timeout", "GATEWAY_TIMEOUT", gateway.ClientTimeoutDefault, "timeout of each charge request (a timeout is retried with the same key)")
+	paymentAttempts := fs.int("payment-max-attempts", "PAYMENT_MAX_ATTEMPTS", jobs.PaymentMaxAttemptsDefault, "attempts to charge a payment before its job is discarded")
+	keyLifetime := fs.duration("idempotency-key-lifetime", "IDEMPOTENCY_KEY_LIFETIME", idempotency.LifetimeDefault, "how long an Idempotency-Key's stored answer is replayed")
+	purgeInterval := fs.duration("idempotency-purge-interval", "IDEMPOTENCY_PURGE_INTERVAL", idempotency.PurgeIntervalDefault, "how often expired Idempotency-Key answers are deleted")
 	migrateUp := fs.bool("migrate", "MIGRATE", true, "apply pending migrations at start")
 	rc := runnerFlags(fs, runner.BackoffMinDefault)
 	logFormat := fs.string("log-format", "LOG_FORMAT", "json", "log format: json or text")
@@ -48,6 +56,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if *tokens == "" {
 			missing = append(missing, "API_TOKENS")
 		}
+		if *gatewayURL == "" {
+			missing = append(missing, "GATEWAY_URL")
+		}
 		if len(missing) > 0 {
 			return fmt.Errorf("%w: %v must be set (or run with --dev for throwaway defaults)", errUsage, missing)
 		}
@@ -64,12 +75,22 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "dev API token (principal \"dev\"): %s\n", token)
 	}
 
+	if *paymentAttempts < 1 || *keyLifetime <= 0 || *purgeInterval <= 0 || *gatewayTimeout <= 0 {
+		return fmt.Errorf("%w: payment-max-attempts, idempotency-key-lifetime, idempotency-purge-interval and gateway-timeout must be positive", errUsage)
+	}
 	sender, sink, err := mailSender(*smtpURL, logf)
 	if err != nil {
 		return err
 	}
 	if sink != nil {
 		defer sink.Close()
+	}
+	gw, localGW, err := paymentGateway(*gatewayURL, *gatewayToken, *gatewayTimeout, gateway.Faults{}, logf)
+	if err != nil {
+		return err
+	}
+	if localGW != nil {
+		defer localGW.Close()
 	}
 	db, err := openDatabase(ctx, *databaseURL, *migrateUp, logf)
 	if err != nil {
@@ -81,8 +102,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	a, err := app.New(&app.Options{
-		Pool: db.Pool, Mailer: sender, MailFrom: *mailFrom, MailDomain: *mailDomain,
+		Pool: db.Pool, Mailer: sender, Gateway: gw, MailFrom: *mailFrom, MailDomain: *mailDomain,
 		Tokens: tokenMap, Runner: *cfg, Queues: rc.queues(), Logger: logger,
+		IdempotencyKeyLifetime: *keyLifetime, PurgeInterval: *purgeInterval, PaymentMaxAttempts: *paymentAttempts,
 	})
 	if err != nil {
 		db.Close()
@@ -121,6 +143,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // runnerSettings are the runner's tuning flags, shared by serve and demo.
 type runnerSettings struct {
 	emailWorkers    *int
+	paymentWorkers  *int
 	defaultWorkers  *int
 	fetchCooldown   *time.Duration
 	jobTimeout      *time.Duration
@@ -133,6 +156,7 @@ type runnerSettings struct {
 func runnerFlags(fs *flags, retryMin time.Duration) *runnerSettings {
 	return &runnerSettings{
 		emailWorkers:    fs.int("email-workers", "EMAIL_WORKERS", 50, "jobs the email queue works at once"),
+		paymentWorkers:  fs.int("payment-workers", "PAYMENT_WORKERS", 50, "jobs the payment queue works at once"),
 		defaultWorkers:  fs.int("default-workers", "DEFAULT_WORKERS", 50, "jobs the default queue works at once"),
 		fetchCooldown:   fs.duration("fetch-cooldown", "FETCH_COOLDOWN", runner.FetchCooldownDefault, "minimum time between two fetches of a queue"),
 		jobTimeout:      fs.duration("job-timeout", "JOB_TIMEOUT", runner.JobTimeoutDefault, "how long a job may run before its context is cancelled"),
@@ -157,5 +181,5 @@ func (s *runnerSettings) config() (*runner.Config, error) {
 }
 
 func (s *runnerSettings) queues() *jobs.QueueSizes {
-	return &jobs.QueueSizes{Email: *s.emailWorkers, Default: *s.defaultWorkers}
+	return &jobs.QueueSizes{Email: *s.emailWorkers, Payment: *s.paymentWorkers, Default: *s.defaultWorkers}
 }

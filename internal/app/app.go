@@ -15,6 +15,8 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/pgonce/pgonce/api"
+	"github.com/pgonce/pgonce/gateway"
+	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/mailer"
 	"github.com/pgonce/pgonce/runner"
@@ -22,8 +24,9 @@ import (
 
 // Options configure an App.
 type Options struct {
-	Pool   *pgxpool.Pool
-	Mailer mailer.Sender
+	Pool    *pgxpool.Pool
+	Mailer  mailer.Sender
+	Gateway gateway.Gateway // optional: without it payments are accepted but not processed
 
 	MailFrom   string
 	MailDomain string
@@ -36,6 +39,12 @@ type Options struct {
 	// in here.
 	Runner runner.Config
 	Queues *jobs.QueueSizes
+
+	// IdempotencyKeyLifetime and PurgeInterval configure stored answers of
+	// Idempotency-Key requests and their periodic purge.
+	IdempotencyKeyLifetime time.Duration
+	PurgeInterval          time.Duration
+	PaymentMaxAttempts     int
 
 	Logger *slog.Logger
 }
@@ -63,10 +72,11 @@ func New(opts *Options) (*App, error) {
 	}
 	workers := river.NewWorkers()
 	if err := jobs.Register(workers, &jobs.Deps{
-		Pool: opts.Pool, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain,
+		Pool: opts.Pool, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain, Gateway: opts.Gateway,
 	}); err != nil {
 		return nil, err
 	}
+	river.AddWorker(workers, &idempotency.PurgeWorker{DB: opts.Pool})
 	cfg := opts.Runner
 	cfg.Workers = workers
 	if cfg.Queues == nil {
@@ -75,6 +85,7 @@ func New(opts *Options) (*App, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = logger
 	}
+	cfg.PeriodicJobs = append(cfg.PeriodicJobs, idempotency.PeriodicPurge(opts.PurgeInterval))
 	r, err := runner.New(opts.Pool, &cfg)
 	if err != nil {
 		return nil, err
@@ -82,6 +93,7 @@ func New(opts *Options) (*App, error) {
 	srv, err := api.New(&api.Config{
 		Pool: opts.Pool, Runner: r, Tokens: opts.Tokens, AllowAnonymous: opts.AllowAnonymous,
 		MessageDomain: opts.MailDomain, Logger: logger,
+		IdempotencyKeyLifetime: opts.IdempotencyKeyLifetime, PaymentMaxAttempts: opts.PaymentMaxAttempts,
 	})
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/olekukonko/tablewriter"
 
+	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/progress"
 	"github.com/pgonce/pgonce/internal/smtpsink"
 )
@@ -215,4 +217,192 @@ func AuditSignups(ctx context.Context, pool *pgxpool.Pool, sink *smtpsink.Sink, 
 	}
 	a.info("enqueue to sent, p50 / p99", fmt.Sprintf("%.1f ms / %.1f ms", p50*1000, p99*1000))
 	return a, nil
+}
+
+// WaitForPayments waits until every payment of the run is final (completed
+// or failed) or its job is finished, showing progress on w.
+func WaitForPayments(ctx context.Context, pool *pgxpool.Pool, runID string, payments int, w io.Writer) error {
+	bar := progress.New(w, int64(payments), "charging")
+	defer bar.Finish()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var final, total int64
+		err := pool.QueryRow(ctx, `
+			SELECT count(*) FILTER (WHERE p.status IN ('completed', 'failed')
+			                         OR j.state IN ('discarded', 'cancelled')), count(*)
+			FROM payments p LEFT JOIN river_job j ON j.id = p.job_id
+			WHERE p.order_id LIKE $1 || '-%'`, runID).Scan(&final, &total)
+		if err == nil {
+			bar.Set(final)
+			if final == total && total >= int64(payments) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for payments: %d of %d final: %w", final, payments, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// AuditPayments checks the payment run against the database, the answers
+// the clients got and the gateway's ledger: one payment per key, one charge
+// per payment, never a second charge for an order.
+func AuditPayments(ctx context.Context, pool *pgxpool.Pool, ledger []gateway.Charge, gw gateway.Stats, p *Payments, res *PaymentsResult) (*Audit, error) {
+	a := &Audit{Title: "Payment audit"}
+	n := int64(len(res.Plans))
+
+	type row struct {
+		id                 int64
+		client, key, gwKey string
+		order, currency    string
+		amount             int64
+		status             string
+		chargeID           *string
+		attempts           int
+	}
+	rows, err := pool.Query(ctx, `
+		SELECT id, client_id, idempotency_key, gateway_key, order_id, currency, amount_minor, status, charge_id, attempts
+		FROM payments WHERE order_id LIKE $1 || '-%'`, p.RunID)
+	if err != nil {
+		return nil, fmt.Errorf("auditing payments: %w", err)
+	}
+	var payments []row
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.id, &r.client, &r.key, &r.gwKey, &r.order, &r.currency, &r.amount, &r.status, &r.chargeID, &r.attempts); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		payments = append(payments, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+
+	perKey := map[string]int{}
+	byGatewayKey := map[string]row{}
+	var completed, failed, stuck, attempts int64
+	for _, r := range payments {
+		perKey[r.client+"\x00"+r.key]++
+		byGatewayKey[r.gwKey] = r
+		attempts += int64(r.attempts)
+		switch r.status {
+		case "completed":
+			completed++
+		case "failed":
+			failed++
+		default:
+			stuck++
+		}
+	}
+	var keysWithTwo int64
+	for _, c := range perKey {
+		if c > 1 {
+			keysWithTwo++
+		}
+	}
+	// Answers must name the payment stored under the key.
+	var wrongPayment int64
+	for k, id := range res.PaymentIDs {
+		found := false
+		for _, r := range payments {
+			if r.client+"\x00"+r.key == k && r.id == id {
+				found = true
+				break
+			}
+		}
+		if !found {
+			wrongPayment++
+		}
+	}
+
+	// The gateway's ledger, restricted to this run's payments.
+	chargesPerKey, chargesPerOrder := map[string]int{}, map[string]int{}
+	var charges, declines, orphanCharges, mismatchedCharges int64
+	for _, c := range ledger {
+		r, ours := byGatewayKey[c.IdempotencyKey]
+		if !ours {
+			continue
+		}
+		if c.Status != gateway.StatusSucceeded {
+			declines++
+			continue
+		}
+		charges++
+		chargesPerKey[c.IdempotencyKey]++
+		chargesPerOrder[r.client+"\x00"+c.OrderID]++
+		if r.status != "completed" || r.chargeID == nil || *r.chargeID != c.ID {
+			orphanCharges++
+		}
+		if c.AmountMinor != r.amount || c.Currency != r.currency || c.OrderID != r.order {
+			mismatchedCharges++
+		}
+	}
+	var secondCharges, keysCharged2 int64
+	for _, c := range chargesPerOrder {
+		if c > 1 {
+			secondCharges++
+		}
+	}
+	for _, c := range chargesPerKey {
+		if c > 1 {
+			keysCharged2++
+		}
+	}
+	var completedWithoutCharge int64
+	for _, r := range payments {
+		if r.status == "completed" && chargesPerKey[r.gwKey] != 1 {
+			completedWithoutCharge++
+		}
+	}
+
+	a.info("payments submitted (keys)", strconv.FormatInt(n, 10))
+	a.info("payment requests sent", strconv.FormatInt(res.Requests, 10))
+	a.expect("payments in database", int64(len(payments)), n)
+	a.expect("keys with two payments", keysWithTwo, 0)
+	a.expect("keys without a final 2xx answer", res.NoFinalAnswer, 0)
+	a.expect("keys answered twice as new (no Idempotent-Replayed)", res.TwoFirstAnswers, 0)
+	a.expect("first answers (202) + first answers lost to a client cut-off", res.Accepted+res.OnlyReplayed, n)
+	a.expect("keys answered with two payment ids", res.PaymentMismatch, 0)
+	a.expect("answers naming another payment", wrongPayment, 0)
+	a.info("replays (Idempotent-Replayed)", strconv.FormatInt(res.Replays, 10))
+	a.expect("replays differing from the first answer", res.ReplayMismatch, 0)
+	a.info("409 key in flight (retried)", strconv.FormatInt(res.InFlight409, 10))
+	a.expect("422 key reused with another amount", res.Reused422, res.ReuseAttempts)
+	a.info("client timeouts (retried with the same key)", strconv.FormatInt(res.ClientTimeouts, 10))
+	a.expect("other failed requests", res.OtherFailures+res.Unavailable503, 0)
+	a.expect("payments completed + declined", completed+failed, n)
+	a.expect("payments stuck (pending/processing)", stuck, 0)
+	a.expect("gateway charges", charges, completed)
+	a.expect("gateway keys charged twice", keysCharged2, 0)
+	a.expect("orders charged twice", secondCharges, 0)
+	a.expect("charges without their completed payment", orphanCharges, 0)
+	a.expect("completed payments without exactly one charge", completedWithoutCharge, 0)
+	a.expect("charges with another amount/currency/order", mismatchedCharges, 0)
+	a.info("declines (final, not retried)", strconv.FormatInt(declines, 10))
+	a.info("gateway calls recorded (payments.attempts)", strconv.FormatInt(attempts, 10))
+	a.info("gateway: requests / replays of a key", fmt.Sprintf("%d / %d", gw.Requests, gw.Replays))
+	a.info("gateway faults injected", faultSummary(gw.FaultsInjected))
+	a.info("payment requests/s", fmt.Sprintf("%.0f", float64(res.Requests)/res.Elapsed.Seconds()))
+	return a, nil
+}
+
+func faultSummary(m map[string]int) string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var parts []string
+	for _, k := range names {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,0 +1,163 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/pgonce/pgonce/gateway"
+	"github.com/pgonce/pgonce/payment"
+	"github.com/pgonce/pgonce/runner"
+)
+
+// KindProcessPayment is the job kind of ProcessPaymentArgs.
+const KindProcessPayment = "process_payment"
+
+// QueuePayment is the queue payment jobs run in.
+const QueuePayment = "payment"
+
+// PaymentMaxAttemptsDefault is how often a payment's charge is tried before
+// its job is discarded (the payment then stays processing, with its last
+// error, for an operator; the gateway key makes a later retry safe).
+const PaymentMaxAttemptsDefault = 10
+
+// ProcessPaymentArgs charges a payment through the gateway.
+//
+// Dedupe policy: one job per payment, unique by payment_id across queues
+// while it is queued, running, retrying or completed. A duplicate is reported
+// with the existing job's id. A job enqueued after River deleted a finished
+// one finds the payment final and completes without calling the gateway; a
+// job discarded before the payment was final can be revived by a new enqueue
+// (SubmitPayment does so when the client retries after its key expired).
+// The gateway sees one idempotency key per payment on every attempt, so no
+// sequence of retries, rescues or duplicates charges twice.
+type ProcessPaymentArgs struct {
+	PaymentID int64 `json:"payment_id" river:"unique"`
+}
+
+// Kind implements river.JobArgs.
+func (ProcessPaymentArgs) Kind() string { return KindProcessPayment }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (ProcessPaymentArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{
+		Queue:       QueuePayment,
+		MaxAttempts: PaymentMaxAttemptsDefault,
+		UniqueOpts:  river.UniqueOpts{ByArgs: true},
+	}
+}
+
+// PaymentResult is what SubmitPayment did.
+type PaymentResult struct {
+	Payment *payment.Payment
+	// Created is false when the client's key already named this payment.
+	Created bool
+	// Job is the processing job, new or existing; nil for a payment already
+	// final (nothing left to process).
+	Job *runner.EnqueueResult
+}
+
+// SubmitPayment creates the payment req asks for (or finds the one its key
+// names) and enqueues its processing, in the caller's transaction. maxAttempts
+// of 0 means PaymentMaxAttemptsDefault. Errors are payment's: ErrInvalid,
+// ErrKeyReused, *OrderConflictError.
+func SubmitPayment(ctx context.Context, r *runner.Runner, tx pgx.Tx, req *payment.Request, maxAttempts int) (*PaymentResult, error) {
+	p, created, err := payment.Create(ctx, tx, req)
+	if err != nil {
+		return nil, err
+	}
+	res := &PaymentResult{Payment: p, Created: created}
+	if p.Final() {
+		return res, nil
+	}
+	opts := &river.InsertOpts{MaxAttempts: maxAttempts}
+	if maxAttempts <= 0 {
+		opts = nil
+	}
+	job, err := r.Enqueue(ctx, tx, ProcessPaymentArgs{PaymentID: p.ID}, opts)
+	if err != nil {
+		return nil, err
+	}
+	res.Job = job
+	if !job.Duplicate {
+		if err := payment.SetJob(ctx, tx, p.ID, job.JobID); err != nil {
+			return nil, err
+		}
+		p.JobID = &job.JobID
+	}
+	return res, nil
+}
+
+// ProcessPaymentWorker charges payments.
+//
+// In one transaction it locks the payment (SELECT ... FOR UPDATE), completes
+// the job without a call if the payment is final, calls the gateway with the
+// payment's gateway key, stores the outcome and completes the job. Transient
+// failures (5xx, timeouts, lost connections) are recorded and retried with
+// backoff under the same key, so the gateway returns the first outcome rather
+// than charging again; declines are final and not retried; a rate limit
+// snoozes the job without using an attempt.
+type ProcessPaymentWorker struct {
+	river.WorkerDefaults[ProcessPaymentArgs]
+
+	Pool    *pgxpool.Pool
+	Gateway gateway.Gateway
+}
+
+// Work implements river.Worker.
+func (w *ProcessPaymentWorker) Work(ctx context.Context, job *river.Job[ProcessPaymentArgs]) error {
+	id := job.Args.PaymentID
+	return runner.WorkTx(ctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+		p, err := payment.Lock(ctx, tx, id)
+		if errors.Is(err, payment.ErrNotFound) {
+			return river.JobCancel(fmt.Errorf("payment %d does not exist", id))
+		}
+		if err != nil {
+			return err
+		}
+		if p.Final() {
+			return nil
+		}
+
+		charge, err := w.Gateway.Charge(ctx, &gateway.ChargeRequest{
+			IdempotencyKey: p.GatewayKey, AmountMinor: p.AmountMinor, Currency: p.Currency,
+			OrderID: p.OrderID, Description: p.Description,
+		})
+		// The outcome is recorded even when the job's context ended meanwhile.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+
+		var (
+			declined    *gateway.DeclinedError
+			rateLimited *gateway.RateLimitedError
+		)
+		switch {
+		case err == nil && charge.Status == gateway.StatusSucceeded:
+			return payment.Complete(rctx, tx, id, charge.ID)
+		case err == nil:
+			return payment.Fail(rctx, tx, id, "declined", "the gateway declined the charge "+charge.ID)
+		case errors.As(err, &declined):
+			return payment.Fail(rctx, tx, id, declined.Code, declined.Message)
+		case errors.As(err, &rateLimited):
+			// Not an attempt: nothing is recorded and no attempt is used.
+			return river.JobSnooze(max(rateLimited.RetryAfter, 100*time.Millisecond))
+		case errors.Is(err, gateway.ErrKeyReused), errors.Is(err, gateway.ErrInvalidRequest):
+			// Retrying the same request cannot succeed: stop and leave the
+			// payment processing, with the error, for an operator.
+			if rerr := payment.RecordAttempt(rctx, tx, id, err.Error()); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			return runner.KeepChanges(river.JobCancel(err))
+		default:
+			if rerr := payment.RecordAttempt(rctx, tx, id, err.Error()); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			return runner.KeepChanges(err)
+		}
+	})
+}
