@@ -204,7 +204,10 @@ func (l *Layer) Middleware(next http.Handler) http.Handler {
 }
 
 func (l *Layer) serve(w http.ResponseWriter, r *http.Request, next http.Handler, principal, key string, fp [32]byte) {
-	ctx, cancel := context.WithTimeout(r.Context(), l.cfg.RequestTimeout)
+	// A request that started runs to its end even if the client hangs up:
+	// its answer is then stored, and the client's retry gets it back instead
+	// of running it again.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), l.cfg.RequestTimeout)
 	defer cancel()
 	tx, err := l.cfg.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {

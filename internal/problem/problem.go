@@ -19,6 +19,10 @@ import (
 // TypeBase prefixes every problem type; the README lists them.
 const TypeBase = "https://pgonce.dev/problems/"
 
+// StatusClientClosedRequest is the status recorded for a request whose
+// client hung up before the answer (nginx's 499).
+const StatusClientClosedRequest = 499
+
 // ContentType is the media type of problem details.
 const ContentType = "application/problem+json"
 
@@ -117,6 +121,12 @@ func Unavailable(err error) bool {
 // DatabaseError writes a 503 when err means the database is unavailable and
 // a 500 otherwise, without leaking err's text to the client.
 func DatabaseError(w http.ResponseWriter, r *http.Request, err error) {
+	if r != nil && r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		// The client hung up; nobody reads this answer, but logs and
+		// metrics should not count it as a server error.
+		Write(w, r, New(StatusClientClosedRequest, "client-closed-request", "Client closed request", ""))
+		return
+	}
 	if Unavailable(err) {
 		p := New(http.StatusServiceUnavailable, "database-unavailable", "Database unavailable",
 			"The database could not be reached. Retry the request: its transaction either did not commit, or did and the retry returns its result.")

@@ -86,7 +86,7 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_expires_at_idx ON idempotency_keys (expires_at);
 
-COMMENT ON TABLE idempotency_keys IS 'Responses stored for Idempotency-Key requests, replayed byte for byte to a retry with the same key and the same request. A row exists only once its request committed: a request in flight holds a transaction-scoped advisory lock instead (pg_locks, locktype advisory, classid 1768186977). Only 2xx/3xx responses are stored; errors are not, so a retry runs afresh. Expired rows are deleted by the idempotency_purge periodic job.';
+COMMENT ON TABLE idempotency_keys IS 'Responses stored for Idempotency-Key requests, replayed byte for byte to a retry with the same key and the same request. A row exists only once its request committed: a request in flight holds a transaction-scoped advisory lock instead (pg_locks, locktype advisory, classid 1768187245, objsubid 2). Only 2xx/3xx responses are stored; errors are not, so a retry runs afresh. Expired rows are deleted by the idempotency_purge periodic job.';
 COMMENT ON COLUMN idempotency_keys.principal IS 'The authenticated API client: a key is only ever seen by the client that sent it.';
 COMMENT ON COLUMN idempotency_keys.fingerprint IS 'SHA-256 of method, path, query and the canonical JSON body (key order and whitespace do not matter). The same key with another fingerprint is refused (422).';
 COMMENT ON COLUMN idempotency_keys.response_headers IS 'The headers replayed with the body (Content-Type, Location, ...).';
