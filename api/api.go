@@ -61,6 +61,9 @@ type Config struct {
 	// Idempotency-Key request is replayed. Defaults to 24 h.
 	IdempotencyKeyLifetime time.Duration
 
+	// Sources names the configured data sources (POST/GET /api/sync/{source}).
+	Sources []string
+
 	// PaymentMaxAttempts is how often a payment's charge is tried. Defaults
 	// to jobs.PaymentMaxAttemptsDefault.
 	PaymentMaxAttempts int
@@ -118,6 +121,8 @@ func New(cfg *Config) (*Server, error) {
 	s.handleAPI("GET /api/users/{id}", s.getUser)
 	s.Handle("POST /api/payments", layer.Middleware(http.HandlerFunc(s.createPayment)))
 	s.handleAPI("GET /api/payments/{id}", s.getPayment)
+	s.handleAPI("POST /api/sync/{source}", s.requestSync)
+	s.handleAPI("GET /api/sync/{source}", s.syncStatus)
 	s.handleAPI("GET /api/jobs/{id}", s.getJob)
 	s.handleAPI("POST /api/jobs/{id}/retry", s.retryJob)
 	return s, nil

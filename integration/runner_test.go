@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgonce/pgonce/datasync"
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/smtpsink"
 	"github.com/pgonce/pgonce/internal/testdb"
@@ -233,19 +234,21 @@ func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := testdb.New(t, &testdb.Opts{Empty: true})
 	p := start(t, []string{"DATABASE_URL=" + db.URL}, "demo", "--users", "300", "--payments", "300",
-		"--smtp-fault-rate", "0.05", "--smtp-drop-rate", "0.02", "--retry-min", "50ms")
+		"--smtp-fault-rate", "0.05", "--smtp-drop-rate", "0.02", "--retry-min", "50ms",
+		"--sync-duration", "3s", "--sync-bulk", "2000")
 	code := p.wait(t, 2*time.Minute)
 	require.Equal(t, 0, code, p.out.String())
 	require.Contains(t, p.out.String(), "every invariant holds")
 	require.Contains(t, p.out.String(), "distinct Message-IDs")
 	require.Contains(t, p.out.String(), "orders charged twice")
+	require.Contains(t, p.out.String(), "rows missing at the destination")
 }
 
 // runner demo with nothing configured starts its own PostgreSQL and removes
 // it at exit.
 func TestDemo_EmbeddedDatabase(t *testing.T) {
 	t.Parallel()
-	p := start(t, nil, "demo", "--users", "100", "--payments", "100")
+	p := start(t, nil, "demo", "--users", "100", "--payments", "100", "--sync-duration", "2s", "--sync-bulk", "1000")
 	require.Equal(t, 0, p.wait(t, 2*time.Minute), p.out.String())
 	require.Contains(t, p.out.String(), "starting a throwaway PostgreSQL")
 	require.Contains(t, p.out.String(), "every invariant holds")
@@ -288,4 +291,36 @@ func TestServe_RequiresConfig(t *testing.T) {
 	p = start(t, []string{"DATABASE_URL=postgres://x", "SMTP_URL=smtp://x", "GATEWAY_URL=http://x", "API_TOKENS=short:abc"}, "serve")
 	require.Equal(t, 2, p.wait(t, 30*time.Second))
 	require.Contains(t, p.out.String(), "shorter than 16")
+}
+
+// runner sync SOURCE syncs a table of another database into data_records,
+// with a summary.
+func TestSyncCommand(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	src := testdb.New(t, &testdb.Opts{Empty: true})
+	ddl, err := datasync.TrackingSQL("items")
+	require.NoError(t, err)
+	_, err = src.Pool.Exec(ctx, `CREATE TABLE items (id bigint PRIMARY KEY, name text);`+ddl+
+		`INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 1234) g;`)
+	require.NoError(t, err)
+	db := testdb.New(t, nil)
+	env := []string{"DATABASE_URL=" + db.URL, "SYNC_SOURCES=items=" + src.URL + "&sync_table=items"}
+	if !strings.Contains(src.URL, "?") {
+		env[1] = "SYNC_SOURCES=items=" + src.URL + "?sync_table=items"
+	}
+	p := start(t, env, "sync", "items", "--page-size", "100")
+	require.Equal(t, 0, p.wait(t, time.Minute), p.out.String())
+	require.Contains(t, p.out.String(), "rows written (new or newer)")
+	require.Contains(t, p.out.String(), "1234")
+	require.Equal(t, 1234, count(t, db, `SELECT count(*) FROM data_records WHERE source = 'items'`))
+
+	// Nothing new: a second sync writes nothing.
+	p = start(t, env, "sync", "items")
+	require.Equal(t, 0, p.wait(t, time.Minute), p.out.String())
+	require.Equal(t, 1234, count(t, db, `SELECT rows_applied::int FROM sync_cursors WHERE source = 'items'`))
+
+	p = start(t, env, "sync", "nope")
+	require.Equal(t, 2, p.wait(t, time.Minute))
+	require.Contains(t, p.out.String(), "no source")
 }

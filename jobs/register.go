@@ -2,10 +2,12 @@ package jobs
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/pgonce/pgonce/datasync"
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/mailer"
 )
@@ -20,6 +22,11 @@ type Deps struct {
 	MailDomain string
 	// Gateway charges payments. Without it process_payment is not worked.
 	Gateway gateway.Gateway
+	// Sources are the data sources sync_data reads, by name. Without them
+	// sync_data is not worked.
+	Sources map[string]datasync.Source
+	// SyncPageSize defaults to SyncPageSizeDefault.
+	SyncPageSize int
 }
 
 // Register adds every worker of this package to workers.
@@ -33,7 +40,17 @@ func Register(workers *river.Workers, deps *Deps) error {
 		return err
 	}
 	if deps.Gateway != nil {
-		return river.AddWorkerSafely(workers, &ProcessPaymentWorker{Pool: deps.Pool, Gateway: deps.Gateway})
+		if err := river.AddWorkerSafely(workers, &ProcessPaymentWorker{Pool: deps.Pool, Gateway: deps.Gateway}); err != nil {
+			return err
+		}
+	}
+	if len(deps.Sources) > 0 {
+		for name := range deps.Sources {
+			if !datasync.ValidName(name) {
+				return fmt.Errorf("jobs: invalid source name %q: lower-case letters, digits, _ and -", name)
+			}
+		}
+		return river.AddWorkerSafely(workers, &SyncWorker{Pool: deps.Pool, Sources: deps.Sources, PageSize: deps.SyncPageSize})
 	}
 	return nil
 }
@@ -45,6 +62,8 @@ type QueueSizes struct {
 	Email int
 	// Payment defaults to 50.
 	Payment int
+	// Sync defaults to 10.
+	Sync int
 	// Default is river.QueueDefault, for users' own kinds. Defaults to 50.
 	Default int
 }
@@ -65,6 +84,7 @@ func Queues(sizes *QueueSizes) map[string]river.QueueConfig {
 	return map[string]river.QueueConfig{
 		QueueEmail:         {MaxWorkers: or(s.Email, 50)},
 		QueuePayment:       {MaxWorkers: or(s.Payment, 50)},
+		QueueSync:          {MaxWorkers: or(s.Sync, 10)},
 		river.QueueDefault: {MaxWorkers: or(s.Default, 50)},
 	}
 }

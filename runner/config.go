@@ -141,6 +141,10 @@ type Config struct {
 	// Schema holds River's tables. Empty means the connection's search_path.
 	Schema string
 
+	// Clock replaces the application clock River reads (tests use it to
+	// simulate a server whose clock is off). Nil is the system clock.
+	Clock rivertype.TimeGenerator
+
 	// ID names this runner among the others sharing the database; it must
 	// be unique per process. Shutdown uses it to find its own running jobs.
 	//

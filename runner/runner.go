@@ -64,6 +64,7 @@ func New(pool *pgxpool.Pool, config *Config) (*Runner, error) {
 		RescueStuckJobsAfter:        cfg.RescueStuckJobsAfter,
 		RetryPolicy:                 cfg.RetryPolicy,
 		Schema:                      cfg.Schema,
+		Test:                        river.TestConfig{Time: cfg.Clock},
 	}
 	if !cfg.InsertOnly {
 		riverConfig.Queues = cfg.Queues

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgonce/pgonce/gateway"
@@ -139,4 +142,52 @@ type localGateway struct {
 func (g *localGateway) Close() {
 	g.Server.Close()
 	_ = g.http.Close()
+}
+
+// openDemoSource connects to a database for the demo's sync source: a
+// database of its own on the same server when this role may create one
+// (another DSN, as in production), else the demo's own database.
+func openDemoSource(ctx context.Context, databaseURL string, logf func(string, ...any)) (*pgxpool.Pool, func(), error) {
+	const name = "pgonce_demo_source"
+	admin, err := pgx.Connect(ctx, databaseURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer admin.Close(ctx)
+	_, err = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	if err == nil {
+		_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
+	}
+	sourceURL := databaseURL
+	if err != nil {
+		logf("cannot create a source database (%v): the sync source table goes in the demo's database", err)
+	} else {
+		sourceURL = replaceDatabase(databaseURL, name)
+		logf("sync source: table %s in database %s", "demo_items", name)
+	}
+	pool, err := pgxpool.New(ctx, sourceURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() {
+		pool.Close()
+		if sourceURL != databaseURL {
+			c, err := pgx.Connect(context.Background(), databaseURL)
+			if err == nil {
+				_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+				_ = c.Close(context.Background())
+			}
+		}
+	}
+	return pool, cleanup, nil
+}
+
+// replaceDatabase returns the URL with its database replaced.
+func replaceDatabase(databaseURL, name string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil || u.Scheme == "" {
+		return strings.TrimSpace(databaseURL) + " dbname=" + name
+	}
+	u.Path = "/" + name
+	return u.String()
 }

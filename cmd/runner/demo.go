@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgonce/pgonce/datasync"
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/app"
 	"github.com/pgonce/pgonce/internal/demo"
@@ -33,6 +36,8 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	smtpDrops := fs.float("smtp-drop-rate", "DEMO_SMTP_DROP_RATE", 0, "share of SMTP conversations the sink drops after receiving the data (in-doubt sends, delivered twice with one Message-ID)")
 	payments := fs.int("payments", "DEMO_PAYMENTS", 2000, "payments submitted (0 skips the payment workload)")
 	gwTimeout := fs.duration("gateway-timeout", "GATEWAY_TIMEOUT", 300*time.Millisecond, "timeout of each charge request")
+	syncDuration := fs.duration("sync-duration", "DEMO_SYNC_DURATION", 8*time.Second, "how long writers change the sync source concurrently (0 skips the sync workload)")
+	syncBulk := fs.int("sync-bulk", "DEMO_SYNC_BULK", 20_000, "rows written at once and synced alone first, to measure the sync rate")
 	gwFaults := faultFlags(fs, gateway.Faults{ServerError: 0.05, TimeoutAfterCharge: 0.03, Decline: 0.03, RateLimit: 0.02})
 	drainTimeout := fs.duration("drain-timeout", "DEMO_DRAIN_TIMEOUT", 3*time.Minute, "how long to wait for every email and charge after the last request")
 	rc := runnerFlags(fs, 200*time.Millisecond)
@@ -88,14 +93,40 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	// The sync queue is worked by the sync workload's own workers, which it
+	// restarts; this runner only enqueues syncs.
+	sizes := rc.queues()
+	cfg.Queues = jobs.Queues(sizes)
+	delete(cfg.Queues, jobs.QueueSync)
+
+	var sourceDB *pgxpool.Pool
+	var demoSource *datasync.PostgresSource
+	if *syncDuration > 0 {
+		var closeSource func()
+		sourceDB, closeSource, err = openDemoSource(ctx, db.URL, logf)
+		if err != nil {
+			return err
+		}
+		defer closeSource()
+		if err := demo.SetupSourceTable(ctx, sourceDB); err != nil {
+			return err
+		}
+		if demoSource, err = datasync.NewPostgresSource(sourceDB, demo.SourceTable); err != nil {
+			return err
+		}
+	}
 	clients := []demo.Client{{Principal: "shop-a", Token: randomHex(16)}, {Principal: "shop-b", Token: randomHex(16)}}
 	tokens := map[string]string{}
 	for _, c := range clients {
 		tokens[c.Token] = c.Principal
 	}
+	var sources map[string]datasync.Source
+	if demoSource != nil {
+		sources = map[string]datasync.Source{"demo": demoSource}
+	}
 	a, err := app.New(&app.Options{
 		Pool: db.Pool, Mailer: sender, Gateway: gw, MailDomain: jobs.DomainDefault,
-		Tokens: tokens, Runner: *cfg, Queues: rc.queues(), Logger: logger,
+		Tokens: tokens, Runner: *cfg, Logger: logger, Sources: sources,
 	})
 	if err != nil {
 		return err
@@ -135,6 +166,16 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 
+	var syncRun *demo.Sync
+	var syncRes *demo.SyncResult
+	if demoSource != nil {
+		syncRun = &demo.Sync{BaseURL: a.URL(), Token: clients[0].Token, Name: "demo", Source: sourceDB, Dest: db.Pool,
+			Src: demoSource, Bulk: *syncBulk, Duration: *syncDuration, Logger: logger, Progress: stderr}
+		if syncRes, err = syncRun.Run(ctx); err != nil {
+			return err
+		}
+	}
+
 	waitCtx, cancel := context.WithTimeout(ctx, *drainTimeout)
 	defer cancel()
 	waitErr := demo.WaitForWelcomeEmails(waitCtx, db.Pool, signups.Domain(), *users, stderr)
@@ -158,6 +199,13 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return err
 		}
 		audits = append(audits, payAudit)
+	}
+	if syncRun != nil {
+		syncAudit, err := demo.AuditSync(auditCtx, syncRun, syncRes)
+		if err != nil {
+			return err
+		}
+		audits = append(audits, syncAudit)
 	}
 	var failed []demo.Check
 	for _, audit := range audits {

@@ -6,6 +6,7 @@
 //	runner demo               a realistic workload end to end, then an audit
 //	runner migrate up|down|status
 //	runner gateway            the reference payment gateway
+//	runner sync SOURCE        sync a data source now
 package main
 
 import (
@@ -28,6 +29,7 @@ Usage:
   runner demo [flags]               start everything on embedded defaults, drive a signup workload, print an audit
   runner migrate up|down|status     manage the schema (River's tables included) in DATABASE_URL
   runner gateway [flags]            run the reference payment gateway (with fault injection)
+  runner sync [flags] SOURCE        sync a data source of SYNC_SOURCES now, with progress
 
 Run "runner <command> -h" for a command's flags.`
 
@@ -57,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = migrate(ctx, args[1:], stdout, stderr)
 	case "gateway":
 		err = gatewayCommand(ctx, args[1:], stdout, stderr)
+	case "sync":
+		err = syncCommand(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0

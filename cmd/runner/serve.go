@@ -32,6 +32,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	paymentAttempts := fs.int("payment-max-attempts", "PAYMENT_MAX_ATTEMPTS", jobs.PaymentMaxAttemptsDefault, "attempts to charge a payment before its job is discarded")
 	keyLifetime := fs.duration("idempotency-key-lifetime", "IDEMPOTENCY_KEY_LIFETIME", idempotency.LifetimeDefault, "how long an Idempotency-Key's stored answer is replayed")
 	purgeInterval := fs.duration("idempotency-purge-interval", "IDEMPOTENCY_PURGE_INTERVAL", idempotency.PurgeIntervalDefault, "how often expired Idempotency-Key answers are deleted")
+	syncSources := fs.string("sync-sources", "SYNC_SOURCES", "", "data sources, name=URL;name=URL with postgres://...?sync_table=t or http(s):// feed URLs")
+	syncInterval := fs.duration("sync-interval", "SYNC_INTERVAL", 0, "sync every source this often (0: only on request)")
+	syncPageSize := fs.int("sync-page-size", "SYNC_PAGE_SIZE", jobs.SyncPageSizeDefault, "changes per sync page (one transaction each)")
 	migrateUp := fs.bool("migrate", "MIGRATE", true, "apply pending migrations at start")
 	rc := runnerFlags(fs, runner.BackoffMinDefault)
 	logFormat := fs.string("log-format", "LOG_FORMAT", "json", "log format: json or text")
@@ -92,10 +95,19 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if localGW != nil {
 		defer localGW.Close()
 	}
+	if *syncPageSize < 1 || *syncInterval < 0 {
+		return fmt.Errorf("%w: sync-page-size must be positive and sync-interval not negative", errUsage)
+	}
 	db, err := openDatabase(ctx, *databaseURL, *migrateUp, logf)
 	if err != nil {
 		return err
 	}
+	sources, err := openSources(ctx, *syncSources, *syncInterval)
+	if err != nil {
+		db.Close()
+		return err
+	}
+	defer sources.Close()
 	cfg, err := rc.config()
 	if err != nil {
 		db.Close()
@@ -105,6 +117,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Pool: db.Pool, Mailer: sender, Gateway: gw, MailFrom: *mailFrom, MailDomain: *mailDomain,
 		Tokens: tokenMap, Runner: *cfg, Queues: rc.queues(), Logger: logger,
 		IdempotencyKeyLifetime: *keyLifetime, PurgeInterval: *purgeInterval, PaymentMaxAttempts: *paymentAttempts,
+		Sources: sources.sources, SyncIntervals: sources.intervals, SyncPageSize: *syncPageSize,
 	})
 	if err != nil {
 		db.Close()
@@ -144,6 +157,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 type runnerSettings struct {
 	emailWorkers    *int
 	paymentWorkers  *int
+	syncWorkers     *int
 	defaultWorkers  *int
 	fetchCooldown   *time.Duration
 	jobTimeout      *time.Duration
@@ -157,6 +171,7 @@ func runnerFlags(fs *flags, retryMin time.Duration) *runnerSettings {
 	return &runnerSettings{
 		emailWorkers:    fs.int("email-workers", "EMAIL_WORKERS", 50, "jobs the email queue works at once"),
 		paymentWorkers:  fs.int("payment-workers", "PAYMENT_WORKERS", 50, "jobs the payment queue works at once"),
+		syncWorkers:     fs.int("sync-workers", "SYNC_WORKERS", 10, "jobs the sync queue works at once"),
 		defaultWorkers:  fs.int("default-workers", "DEFAULT_WORKERS", 50, "jobs the default queue works at once"),
 		fetchCooldown:   fs.duration("fetch-cooldown", "FETCH_COOLDOWN", runner.FetchCooldownDefault, "minimum time between two fetches of a queue"),
 		jobTimeout:      fs.duration("job-timeout", "JOB_TIMEOUT", runner.JobTimeoutDefault, "how long a job may run before its context is cancelled"),
@@ -181,5 +196,5 @@ func (s *runnerSettings) config() (*runner.Config, error) {
 }
 
 func (s *runnerSettings) queues() *jobs.QueueSizes {
-	return &jobs.QueueSizes{Email: *s.emailWorkers, Payment: *s.paymentWorkers, Default: *s.defaultWorkers}
+	return &jobs.QueueSizes{Email: *s.emailWorkers, Payment: *s.paymentWorkers, Sync: *s.syncWorkers, Default: *s.defaultWorkers}
 }

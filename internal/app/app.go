@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
 	"github.com/pgonce/pgonce/api"
+	"github.com/pgonce/pgonce/datasync"
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/jobs"
@@ -39,6 +41,12 @@ type Options struct {
 	// in here.
 	Runner runner.Config
 	Queues *jobs.QueueSizes
+
+	// Sources are the data sources to sync, by name; SyncIntervals asks for a
+	// periodic sync of some of them.
+	Sources       map[string]datasync.Source
+	SyncIntervals map[string]time.Duration
+	SyncPageSize  int
 
 	// IdempotencyKeyLifetime and PurgeInterval configure stored answers of
 	// Idempotency-Key requests and their periodic purge.
@@ -73,6 +81,7 @@ func New(opts *Options) (*App, error) {
 	workers := river.NewWorkers()
 	if err := jobs.Register(workers, &jobs.Deps{
 		Pool: opts.Pool, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain, Gateway: opts.Gateway,
+		Sources: opts.Sources, SyncPageSize: opts.SyncPageSize,
 	}); err != nil {
 		return nil, err
 	}
@@ -86,6 +95,14 @@ func New(opts *Options) (*App, error) {
 		cfg.Logger = logger
 	}
 	cfg.PeriodicJobs = append(cfg.PeriodicJobs, idempotency.PeriodicPurge(opts.PurgeInterval))
+	sources := make([]string, 0, len(opts.Sources))
+	for name := range opts.Sources {
+		sources = append(sources, name)
+		if every := opts.SyncIntervals[name]; every > 0 {
+			cfg.PeriodicJobs = append(cfg.PeriodicJobs, jobs.PeriodicSync(name, every))
+		}
+	}
+	sort.Strings(sources)
 	r, err := runner.New(opts.Pool, &cfg)
 	if err != nil {
 		return nil, err
@@ -94,6 +111,7 @@ func New(opts *Options) (*App, error) {
 		Pool: opts.Pool, Runner: r, Tokens: opts.Tokens, AllowAnonymous: opts.AllowAnonymous,
 		MessageDomain: opts.MailDomain, Logger: logger,
 		IdempotencyKeyLifetime: opts.IdempotencyKeyLifetime, PaymentMaxAttempts: opts.PaymentMaxAttempts,
+		Sources: sources,
 	})
 	if err != nil {
 		return nil, err
