@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/internal/problem"
+	"github.com/pgonce/pgonce/metrics"
 	"github.com/pgonce/pgonce/runner"
 )
 
@@ -68,6 +70,17 @@ type Config struct {
 	// to jobs.PaymentMaxAttemptsDefault.
 	PaymentMaxAttempts int
 
+	// AdminUser and AdminPassword guard the operator routes (/metrics,
+	// /riverui/) with HTTP Basic authentication, apart from the API tokens.
+	// Unset, those routes refuse every request.
+	AdminUser, AdminPassword string
+
+	// Metrics, when set, counts requests and serves GET /metrics.
+	Metrics *metrics.Metrics
+
+	// RiverUI, when set, is served under /riverui/.
+	RiverUI http.Handler
+
 	// Logger receives one line per request. Defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -117,14 +130,22 @@ func New(cfg *Config) (*Server, error) {
 
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	if c.Metrics != nil {
+		c.Metrics.WatchIdempotency(layer.Stats)
+		s.mux.Handle("GET /metrics", s.admin(c.Metrics.Handler()))
+	}
+	if c.RiverUI != nil {
+		s.mux.Handle("/riverui/", s.admin(c.RiverUI))
+	}
 	s.handleAPI("POST /api/users", s.createUser)
-	s.handleAPI("GET /api/users/{id}", s.getUser)
+	// Operator routes: users' data and jobs of every client.
+	s.mux.Handle("GET /api/users/{id}", s.admin(http.HandlerFunc(s.getUser)))
 	s.Handle("POST /api/payments", layer.Middleware(http.HandlerFunc(s.createPayment)))
 	s.handleAPI("GET /api/payments/{id}", s.getPayment)
 	s.handleAPI("POST /api/sync/{source}", s.requestSync)
 	s.handleAPI("GET /api/sync/{source}", s.syncStatus)
-	s.handleAPI("GET /api/jobs/{id}", s.getJob)
-	s.handleAPI("POST /api/jobs/{id}/retry", s.retryJob)
+	s.mux.Handle("GET /api/jobs/{id}", s.admin(http.HandlerFunc(s.getJob)))
+	s.mux.Handle("POST /api/jobs/{id}/retry", s.admin(http.HandlerFunc(s.retryJob)))
 	return s, nil
 }
 
@@ -146,7 +167,33 @@ func (s *Server) handleAPI(pattern string, h http.HandlerFunc) { s.Handle(patter
 // Handler returns the server's handler, with panics recovered, request ids
 // and request logging.
 func (s *Server) Handler() http.Handler {
-	return s.requestID(s.logRequests(s.recoverPanics(http.HandlerFunc(s.route))))
+	var route http.Handler = http.HandlerFunc(s.route)
+	if s.cfg.Metrics != nil {
+		route = s.cfg.Metrics.HTTP(route) // sees the pattern the mux matched
+	}
+	return s.requestID(s.logRequests(s.recoverPanics(route)))
+}
+
+// admin guards operator routes with HTTP Basic authentication.
+func (s *Server) admin(next http.Handler) http.Handler {
+	wantUser := sha256.Sum256([]byte(s.cfg.AdminUser))
+	wantPass := sha256.Sum256([]byte(s.cfg.AdminPassword))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.AdminUser == "" || s.cfg.AdminPassword == "" {
+			problem.Write(w, r, problem.New(http.StatusUnauthorized, "admin-disabled", "Operator access not configured",
+				"Set ADMIN_CREDENTIALS (user:password) to use /metrics and /riverui/."))
+			return
+		}
+		user, pass, ok := r.BasicAuth()
+		gotUser, gotPass := sha256.Sum256([]byte(user)), sha256.Sum256([]byte(pass))
+		if !ok || subtle.ConstantTimeCompare(gotUser[:], wantUser[:])&subtle.ConstantTimeCompare(gotPass[:], wantPass[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="pgonce admin", charset="UTF-8"`)
+			problem.Write(w, r, problem.New(http.StatusUnauthorized, "unauthenticated", "Operator credentials required",
+				"Send the operator credentials with HTTP Basic authentication."))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // route dispatches to the mux, answering unknown paths (404) and methods
@@ -236,7 +283,9 @@ func (s *Server) requestID(next http.Handler) http.Handler {
 			id = hex.EncodeToString(b[:])
 		}
 		w.Header().Set("X-Request-Id", id)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey, id)))
+		// The id also goes into the metadata of every job the request enqueues.
+		ctx := runner.WithRequestID(context.WithValue(r.Context(), requestIDKey, id), id)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -27,6 +28,11 @@ func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
 
 const token = "test-token-0123456789"
 
+const adminPassword = "admin-password-0123"
+
+// asAdmin are the headers of an operator's request.
+var asAdmin = []string{"Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte("ops:"+adminPassword))}
+
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 type fixture struct {
@@ -43,7 +49,7 @@ func setup(t *testing.T, pool *pgxpool.Pool) *fixture {
 	r, err := runner.New(pool, &runner.Config{InsertOnly: true, Logger: quiet})
 	require.NoError(t, err)
 	s, err := api.New(&api.Config{Pool: pool, Runner: r, Tokens: map[string]string{token: "client-a"}, Logger: quiet,
-		MaxBodyBytes: 1024, RequestTimeout: 3 * time.Second})
+		MaxBodyBytes: 1024, RequestTimeout: 3 * time.Second, AdminUser: "ops", AdminPassword: adminPassword})
 	require.NoError(t, err)
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
@@ -108,13 +114,19 @@ func TestCreateUser(t *testing.T) {
 	require.Equal(t, first.WelcomeEmail.JobID, again.WelcomeEmail.JobID)
 	require.Equal(t, first.User.ID, again.User.ID)
 
-	resp, raw = f.do(t, "GET", "/api/users/"+itoa(first.User.ID), "", "")
+	resp, raw = f.do(t, "GET", "/api/users/"+itoa(first.User.ID), "", "", asAdmin...)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(raw))
 	require.Contains(t, string(raw), `"status":"queued"`)
 
-	resp, raw = f.do(t, "GET", "/api/jobs/"+itoa(first.WelcomeEmail.JobID), "", "")
+	resp, raw = f.do(t, "GET", "/api/jobs/"+itoa(first.WelcomeEmail.JobID), "", "", asAdmin...)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(raw))
 	require.Contains(t, string(raw), `"kind":"welcome_email"`)
+
+	// Users' data and jobs are for operators, not for API clients.
+	resp, raw = f.do(t, "GET", "/api/users/"+itoa(first.User.ID), "", "")
+	requireProblem(t, resp, raw, 401, "unauthenticated")
+	resp, raw = f.do(t, "GET", "/api/jobs/"+itoa(first.WelcomeEmail.JobID), "", "")
+	requireProblem(t, resp, raw, 401, "unauthenticated")
 }
 
 // Bad input: a 4xx problem and nothing written.
@@ -139,6 +151,8 @@ func TestCreateUser_BadInput(t *testing.T) {
 		{"no domain", "application/json", `{"email":"ada@"}`, 422, "invalid-email"},
 		{"too long email", "application/json", `{"email":"` + strings.Repeat("a", 250) + `@example.com"}`, 422, "invalid-email"},
 		{"too long name", "application/json", `{"email":"ada@example.com","name":"` + strings.Repeat("n", 201) + `"}`, 422, "invalid-name"},
+		{"NUL in name", "application/json", `{"email":"ada@example.com","name":"a\u0000b"}`, 422, "invalid-name"},
+		{"invalid UTF-8", "application/json", "{\"email\":\"ada@example.com\",\"name\":\"\xff\"}", 400, "invalid-json"},
 		{"huge body", "application/json", `{"email":"ada@example.com","name":"` + strings.Repeat("n", 5000) + `"}`, 413, "body-too-large"},
 		{"wrong content type", "text/plain", `{"email":"ada@example.com"}`, 415, "unsupported-media-type"},
 		{"form content type", "application/x-www-form-urlencoded", `email=ada@example.com`, 415, "unsupported-media-type"},
@@ -154,9 +168,9 @@ func TestCreateUser_BadInput(t *testing.T) {
 	require.Zero(t, users)
 	require.Zero(t, jobsN)
 
-	resp, raw := f.do(t, "GET", "/api/users/abc", "", "")
+	resp, raw := f.do(t, "GET", "/api/users/abc", "", "", asAdmin...)
 	requireProblem(t, resp, raw, 400, "invalid-id")
-	resp, raw = f.do(t, "GET", "/api/users/12345", "", "")
+	resp, raw = f.do(t, "GET", "/api/users/12345", "", "", asAdmin...)
 	requireProblem(t, resp, raw, 404, "user-not-found")
 	resp, raw = f.do(t, "GET", "/api/nothing", "", "")
 	requireProblem(t, resp, raw, 404, "not-found")
@@ -263,13 +277,13 @@ func TestRetryJob_Conflict(t *testing.T) {
 	require.NoError(t, json.Unmarshal(raw, &second))
 	require.False(t, second.WelcomeEmail.Duplicate)
 
-	resp, raw = f.do(t, "POST", "/api/jobs/"+itoa(first.WelcomeEmail.JobID)+"/retry", "", "")
+	resp, raw = f.do(t, "POST", "/api/jobs/"+itoa(first.WelcomeEmail.JobID)+"/retry", "", "", asAdmin...)
 	requireProblem(t, resp, raw, 409, "duplicate-live-job")
 	var p map[string]any
 	require.NoError(t, json.Unmarshal(raw, &p))
 	require.EqualValues(t, second.WelcomeEmail.JobID, p["live_job_id"])
 
-	resp, raw = f.do(t, "POST", "/api/jobs/999999/retry", "", "")
+	resp, raw = f.do(t, "POST", "/api/jobs/999999/retry", "", "", asAdmin...)
 	requireProblem(t, resp, raw, 404, "job-not-found")
 }
 

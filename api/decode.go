@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/pgonce/pgonce/internal/problem"
 )
@@ -32,6 +33,10 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, dst any) boo
 			return false
 		}
 		problem.Write(w, r, problem.New(http.StatusBadRequest, "unreadable-body", "Unreadable request body", err.Error()))
+		return false
+	}
+	if !utf8.Valid(body) {
+		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", "The body is not valid UTF-8."))
 		return false
 	}
 	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strconv"
 	"strings"
@@ -90,23 +91,48 @@ func (s *Server) createPayment(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, out)
 }
 
-// parseMinorUnits accepts a JSON integer (no fraction, no exponent, not a
-// string), or says what is wrong with it.
+// parseMinorUnits accepts a JSON number whose value is a whole number of
+// minor units, however it is written (1999, 1999.0, 1.999e3: the
+// idempotency layer treats these as the same request too), or says what is
+// wrong with it.
 func parseMinorUnits(raw json.RawMessage) (int64, string) {
 	s := strings.TrimSpace(string(raw))
+	shown := s
+	if len(shown) > 40 {
+		shown = shown[:40] + "..."
+	}
+	if s == "" || s == "null" {
+		return 0, "Amount is required: a positive whole number of minor units (1999 for 19.99)."
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err != nil || strings.HasPrefix(s, `"`) {
+		return 0, "Amount must be a JSON number of minor units, not " + jsonType(s) + "."
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || len(s) > 64 {
+		return 0, fmt.Sprintf("Amount %s is out of range.", shown)
+	}
+	if !r.IsInt() {
+		return 0, fmt.Sprintf("Amount %s is not a whole number: give minor units (1999 for 19.99).", shown)
+	}
+	if r.Sign() <= 0 || !r.Num().IsInt64() || r.Num().Int64() > payment.MaxAmountMinor {
+		return 0, fmt.Sprintf("Amount %s must be a positive whole number of at most %d minor units.", shown, int64(payment.MaxAmountMinor))
+	}
+	return r.Num().Int64(), ""
+}
+
+func jsonType(s string) string {
 	switch {
-	case s == "" || s == "null":
-		return 0, "Amount is required: a positive integer of minor units (1999 for 19.99)."
 	case strings.HasPrefix(s, `"`):
-		return 0, "Amount must be a JSON number, not a string."
-	case strings.ContainsAny(s, ".eE"):
-		return 0, fmt.Sprintf("Amount %s is not an integer: give minor units (1999 for 19.99).", s)
+		return "a string"
+	case s == "true" || s == "false":
+		return "a boolean"
+	case strings.HasPrefix(s, "{"):
+		return "an object"
+	case strings.HasPrefix(s, "["):
+		return "an array"
 	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || v <= 0 || v > payment.MaxAmountMinor {
-		return 0, fmt.Sprintf("Amount %s must be a positive integer of at most %d minor units.", s, int64(payment.MaxAmountMinor))
-	}
-	return v, ""
+	return "that"
 }
 
 func (s *Server) getPayment(w http.ResponseWriter, r *http.Request) {

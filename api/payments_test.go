@@ -47,7 +47,7 @@ func setupPayments(t *testing.T) *payFixture {
 	require.NoError(t, r.Start(context.Background()))
 	t.Cleanup(func() { _ = r.Stop(context.Background()) })
 	s, err := api.New(&api.Config{Pool: db.Pool, Runner: r, Logger: quiet, MaxBodyBytes: 4096,
-		Tokens: map[string]string{token: "client-a", tokenB: "client-b"}})
+		Tokens: map[string]string{token: "client-a", tokenB: "client-b"}, AdminUser: "ops", AdminPassword: adminPassword})
 	require.NoError(t, err)
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
@@ -136,6 +136,15 @@ func TestCreatePayment(t *testing.T) {
 	require.Empty(t, resp5.Header.Get(idempotency.ReplayedHeader))
 	f.waitCompleted(t, 2)
 	require.Equal(t, 2, f.charges())
+
+	// A whole number written another way is that number (as the
+	// idempotency layer's canonical form says).
+	resp6, raw6 := f.pay(t, token, "k-exp", `{"order_id":"order-exp","amount":1.999e3,"currency":"EUR"}`)
+	require.Equal(t, http.StatusAccepted, resp6.StatusCode, string(raw6))
+	require.Contains(t, string(raw6), `"amount":1999`)
+	resp7, raw7 := f.pay(t, token, "k-exp", `{"order_id":"order-exp","amount":1999,"currency":"EUR"}`)
+	require.Equal(t, "true", resp7.Header.Get(idempotency.ReplayedHeader))
+	require.Equal(t, string(raw6), string(raw7))
 }
 
 // Bad input: a 4xx problem, nothing written, nothing charged.
@@ -154,6 +163,9 @@ func TestCreatePayment_BadInput(t *testing.T) {
 		{"ambiguous member names", "k", `{"order_id":"o","amount":1,"Amount":2,"currency":"EUR"}`, 400, "invalid-json"},
 		{"unknown field", "k", `{"order_id":"o","amount":1,"currency":"EUR","card":"4242"}`, 400, "invalid-json"},
 		{"amount with a fraction", "k", `{"order_id":"o","amount":19.99,"currency":"EUR"}`, 422, "invalid-payment"},
+		{"amount as a boolean", "k", `{"order_id":"o","amount":true,"currency":"EUR"}`, 422, "invalid-payment"},
+		{"amount with 60,000 digits", "k", `{"order_id":"o","amount":` + strings.Repeat("9", 60000) + `,"currency":"EUR"}`, 413, "body-too-large"},
+		{"NUL in description", "k", `{"order_id":"o","amount":1,"currency":"EUR","description":"x\u0000y"}`, 422, "invalid-payment"},
 		{"amount as a string", "k", `{"order_id":"o","amount":"1999","currency":"EUR"}`, 422, "invalid-payment"},
 		{"amount as an object", "k", `{"order_id":"o","amount":{"value":1},"currency":"EUR"}`, 422, "invalid-payment"},
 		{"amount null", "k", `{"order_id":"o","amount":null,"currency":"EUR"}`, 422, "invalid-payment"},

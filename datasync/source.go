@@ -1,11 +1,13 @@
 package datasync
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -61,6 +63,8 @@ func (p *Page) Validate() error {
 			return fmt.Errorf("%w: change %q has version %d, want >= 1", ErrBadData, c.ID, c.Version)
 		case len(c.Data) == 0 || !json.Valid(c.Data):
 			return fmt.Errorf("%w: change %q has data that is not JSON", ErrBadData, c.ID)
+		case strings.ContainsRune(c.ID, 0) || bytes.Contains(c.Data, []byte(`\u0000`)):
+			return fmt.Errorf("%w: change %q holds a NUL character, which PostgreSQL text and jsonb cannot store", ErrBadData, c.ID)
 		}
 	}
 	return nil

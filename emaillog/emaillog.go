@@ -38,7 +38,6 @@ type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // Entry is an email_log row.
@@ -106,76 +105,89 @@ func Get(ctx context.Context, q Querier, userID int64, emailType string) (*Entry
 	return scanEntry(q.QueryRow(ctx, `SELECT `+entryColumns+` FROM email_log WHERE user_id = $1 AND email_type = $2`, userID, emailType))
 }
 
-// BeginAttempt records, in its own transaction, that a send of (userID,
-// emailType) is about to start, creating the email_log row if the job was
-// enqueued without one. It returns the attempt's id, or 0 when the email is
-// already sent or failed and no send will be made.
-//
-// The record is committed before the SMTP conversation so that a process that
-// dies between send and commit leaves a trace: an attempt without an outcome,
-// which is what makes the send visible as in doubt.
-func BeginAttempt(ctx context.Context, q Querier, userID int64, emailType, messageID string, jobID int64, jobAttempt int) (int64, error) {
-	b := &pgx.Batch{}
-	b.Queue(`
-		INSERT INTO email_log (user_id, email_type, message_id, job_id)
-		VALUES ($1, $2, $3, $4)
-		ON CONFLICT (user_id, email_type) DO NOTHING`, userID, emailType, messageID, jobID)
-	b.Queue(`
-		INSERT INTO email_attempts (email_log_id, job_id, job_attempt)
-		SELECT id, $3, $4 FROM email_log
-		WHERE user_id = $1 AND email_type = $2 AND status IN ('queued', 'sending')
-		RETURNING id`, userID, emailType, jobID, jobAttempt)
-	// A batch runs as one implicit transaction and one round trip.
-	res := q.SendBatch(ctx, b)
-	defer res.Close()
-	if _, err := res.Exec(); err != nil {
-		return 0, fmt.Errorf("ensuring email log: %w", err)
-	}
-	var id int64
-	if err := res.QueryRow().Scan(&id); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("recording send attempt: %w", err)
-	}
-	if err := res.Close(); err != nil {
-		return 0, fmt.Errorf("recording send attempt: %w", err)
-	}
-	return id, nil
-}
-
-// Claim is a locked email_log row and what a sender needs from it.
+// Claim is an email_log row locked for a send, and what a sender needs.
 type Claim struct {
 	Entry
 	Recipient string // the user's address
+	// AttemptID is the send attempt this claim recorded; 0 when there is
+	// nothing to send (Status sent or failed) or another attempt holds the
+	// lease (LeaseUntil).
+	AttemptID int64
+	// LeaseUntil, for a claim without an attempt, is when another attempt's
+	// lease ends.
+	LeaseUntil *time.Time
 	// EarlierUnresolved counts earlier attempts that never recorded an
 	// outcome: each may have delivered the email.
 	EarlierUnresolved int
 }
 
-// Lock locks the row of (userID, emailType) with SELECT ... FOR UPDATE in tx,
-// so that concurrent runs of the same email take turns, and returns it with
-// the count of earlier attempts (before attemptID) left without an outcome.
-func Lock(ctx context.Context, tx pgx.Tx, userID int64, emailType string, attemptID int64) (*Claim, error) {
+// ClaimSend prepares a send of (userID, emailType) in tx, which the caller
+// commits before talking SMTP, so that no transaction stays open across the
+// send. It creates the email_log row if the job was enqueued without one,
+// locks it (SELECT ... FOR UPDATE), and unless the email is sent, failed, or
+// held by another attempt's lease, records a send attempt and takes the lease
+// for leaseFor.
+//
+// The attempt is committed before the SMTP conversation: a process that dies
+// between the send and recording its outcome leaves the attempt without one,
+// which is what makes the retry's send visible as in doubt.
+func ClaimSend(ctx context.Context, tx pgx.Tx, userID int64, emailType, messageID string, jobID int64, jobAttempt int, leaseFor time.Duration) (*Claim, error) {
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO email_log (user_id, email_type, message_id, job_id)
+		VALUES ($1, $2, $3, $4)
+		ON CONFLICT (user_id, email_type) DO NOTHING`, userID, emailType, messageID, jobID); err != nil {
+		return nil, fmt.Errorf("ensuring email log: %w", err)
+	}
 	var c Claim
+	var leaseActive bool
 	err := tx.QueryRow(ctx, `
 		SELECT l.id, l.user_id, l.email_type, l.status, l.message_id, l.job_id, l.attempts, l.in_doubt,
-		       l.last_error, l.created_at, l.updated_at, l.sent_at, u.email,
-		       (SELECT count(*) FROM email_attempts a
-		        WHERE a.email_log_id = l.id AND a.outcome IS NULL AND a.id < $3)
+		       l.last_error, l.created_at, l.updated_at, l.sent_at, u.email, l.lease_until,
+		       coalesce(l.lease_until > now(), false),
+		       (SELECT count(*) FROM email_attempts a WHERE a.email_log_id = l.id AND a.outcome IS NULL)
 		FROM email_log l
 		JOIN users u ON u.id = l.user_id
 		WHERE l.user_id = $1 AND l.email_type = $2
-		FOR UPDATE OF l`, userID, emailType, attemptID).Scan(
+		FOR UPDATE OF l`, userID, emailType).Scan(
 		&c.ID, &c.UserID, &c.EmailType, &c.Status, &c.MessageID, &c.JobID, &c.Attempts, &c.InDoubt,
-		&c.LastError, &c.CreatedAt, &c.UpdatedAt, &c.SentAt, &c.Recipient, &c.EarlierUnresolved)
+		&c.LastError, &c.CreatedAt, &c.UpdatedAt, &c.SentAt, &c.Recipient, &c.LeaseUntil, &leaseActive, &c.EarlierUnresolved)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("locking email log: %w", err)
 	}
+	switch {
+	case c.Status == StatusSent || c.Status == StatusFailed:
+		c.LeaseUntil = nil
+		return &c, nil
+	case leaseActive:
+		return &c, nil
+	}
+	c.LeaseUntil = nil
+	err = tx.QueryRow(ctx, `
+		WITH attempt AS (
+			INSERT INTO email_attempts (email_log_id, job_id, job_attempt) VALUES ($1, $2, $3) RETURNING id
+		)
+		UPDATE email_log SET status = 'sending', lease_until = now() + $4::interval,
+		       lease_attempt_id = (SELECT id FROM attempt), updated_at = now()
+		WHERE id = $1
+		RETURNING lease_attempt_id`, c.ID, jobID, jobAttempt, leaseFor.String()).Scan(&c.AttemptID)
+	if err != nil {
+		return nil, fmt.Errorf("recording send attempt: %w", err)
+	}
+	c.Status = StatusSending
 	return &c, nil
+}
+
+// Lock returns the row of (userID, emailType) locked FOR UPDATE in tx.
+func Lock(ctx context.Context, tx pgx.Tx, userID int64, emailType string) (*Entry, error) {
+	e, err := scanEntry(tx.QueryRow(ctx, `SELECT `+entryColumns+` FROM email_log
+		WHERE user_id = $1 AND email_type = $2 FOR UPDATE`, userID, emailType))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("locking email log: %w", err)
+	}
+	return e, err
 }
 
 // Result is what an attempt ended with.
@@ -186,9 +198,10 @@ type Result struct {
 	InDoubt bool   // the email may now have been delivered more than once
 }
 
-// Finish records attempt attemptID's result on entry entryID in tx. Earlier
-// attempts still without an outcome are closed as unknown: their delivery can
-// no longer be learnt.
+// Finish records attempt attemptID's result on entry entryID in tx and
+// releases its lease. Earlier attempts still without an outcome are closed as
+// unknown: their delivery can no longer be learnt. An email already sent (by
+// another attempt whose lease this one outlived) stays sent.
 func Finish(ctx context.Context, tx pgx.Tx, entryID, attemptID int64, r Result) error {
 	var errText *string
 	if r.Error != "" {
@@ -206,11 +219,13 @@ func Finish(ctx context.Context, tx pgx.Tx, entryID, attemptID int64, r Result) 
 			WHERE id = $2
 		)
 		UPDATE email_log
-		SET status = $4,
+		SET status = CASE WHEN status IN ('sent', 'failed') THEN status ELSE $4 END,
 		    attempts = attempts + CASE WHEN $6 THEN 1 ELSE 0 END,
 		    in_doubt = in_doubt OR $7,
 		    last_error = CASE WHEN $6 THEN $5 ELSE last_error END,
-		    sent_at = CASE WHEN $4 = 'sent' THEN coalesce(sent_at, now()) END,
+		    sent_at = CASE WHEN status = 'sent' OR $4 = 'sent' THEN coalesce(sent_at, now()) END,
+		    lease_until = CASE WHEN lease_attempt_id = $2 THEN NULL ELSE lease_until END,
+		    lease_attempt_id = CASE WHEN lease_attempt_id = $2 THEN NULL ELSE lease_attempt_id END,
 		    updated_at = now()
 		WHERE id = $1`,
 		entryID, attemptID, r.Outcome, r.Status, errText, counted, r.InDoubt)

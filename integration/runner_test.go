@@ -136,7 +136,7 @@ func TestServe_SC9_KilledAroundTheSend(t *testing.T) {
 func testKilledAroundSend(t *testing.T, afterSend bool) {
 	db := testdb.New(t, nil)
 	sink := newSink(t)
-	fast := []string{"JOB_TIMEOUT=2s", "RESCUE_AFTER=3s", "RETRY_MIN=100ms", "RETRY_MAX=500ms"}
+	fast := []string{"JOB_TIMEOUT=2s", "RESCUE_AFTER=3s", "RETRY_MIN=100ms", "RETRY_MAX=500ms", "EMAIL_LEASE=3s"}
 	gw := newGateway(t)
 	first := serve(t, env(db, sink, gw, fast...))
 
@@ -157,6 +157,19 @@ func testKilledAroundSend(t *testing.T, afterSend bool) {
 	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM email_attempts WHERE outcome IS NULL`), "the attempt is on record without an outcome")
 
 	second := serve(t, env(db, sink, gw, fast...))
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, q := range []string{`SELECT id, kind, state, attempt, errors, metadata FROM river_job`,
+				`SELECT id, status, lease_until, lease_attempt_id, now() FROM email_log`, `SELECT * FROM email_attempts`} {
+				rows, _ := db.Pool.Query(context.Background(), q)
+				for rows.Next() {
+					v, _ := rows.Values()
+					t.Logf("%v", v)
+				}
+				rows.Close()
+			}
+		}
+	})
 	waitFor(t, 60*time.Second, "the job to be rescued and completed", func() bool {
 		return count(t, db, `SELECT count(*) FROM river_job WHERE kind = 'welcome_email' AND state = 'completed'`) == 1
 	})
@@ -200,7 +213,8 @@ func TestServe_KilledBetweenChargeAndCommit(t *testing.T) {
 	require.Equal(t, -int(syscall.SIGKILL), first.wait(t, 20*time.Second))
 	gw.beforeAnswer.Store(nil)
 	require.Len(t, gw.Ledger(), 1, "the charge was made")
-	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM payments WHERE status = 'pending'`), "but not recorded")
+	require.Equal(t, 1, count(t, db, `SELECT count(*) FROM payments WHERE status = 'processing' AND attempts = 1 AND charge_id IS NULL`),
+		"but not recorded: the payment shows a call under way")
 
 	second := serve(t, env(db, sink, gw, fast...))
 	waitFor(t, 60*time.Second, "the payment to complete", func() bool {

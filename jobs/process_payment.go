@@ -95,13 +95,17 @@ func SubmitPayment(ctx context.Context, r *runner.Runner, tx pgx.Tx, req *paymen
 
 // ProcessPaymentWorker charges payments.
 //
-// In one transaction it locks the payment (SELECT ... FOR UPDATE), completes
-// the job without a call if the payment is final, calls the gateway with the
-// payment's gateway key, stores the outcome and completes the job. Transient
-// failures (5xx, timeouts, lost connections) are recorded and retried with
-// backoff under the same key, so the gateway returns the first outcome rather
-// than charging again; declines are final and not retried; a rate limit
-// snoozes the job without using an attempt.
+// No transaction stays open across the gateway call (a slow gateway must not
+// hold database connections). One transaction locks the payment (SELECT ...
+// FOR UPDATE), completes the job at once if the payment is final, else marks
+// it processing and counts the attempt. Then the worker calls the gateway
+// with the payment's gateway key. A second transaction locks the payment
+// again, stores the outcome and, when it is final, completes the job.
+// Transient failures (5xx, timeouts, lost connections) are recorded and
+// retried with backoff under the same key, so the gateway returns the first
+// outcome rather than charging again; declines are final and not retried; a
+// rate limit snoozes the job without using a job attempt. Two runs of one
+// payment at once (a rescue) both use the same key: one charge.
 type ProcessPaymentWorker struct {
 	river.WorkerDefaults[ProcessPaymentArgs]
 
@@ -109,11 +113,16 @@ type ProcessPaymentWorker struct {
 	Gateway gateway.Gateway
 }
 
+// errCall ends the first transaction: commit the attempt, then call.
+var errCall = errors.New("marked processing; call the gateway")
+
 // Work implements river.Worker.
 func (w *ProcessPaymentWorker) Work(ctx context.Context, job *river.Job[ProcessPaymentArgs]) error {
 	id := job.Args.PaymentID
-	return runner.WorkTx(ctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
-		p, err := payment.Lock(ctx, tx, id)
+	var p *payment.Payment
+	err := runner.WorkTx(ctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		p, err = payment.Lock(ctx, tx, id)
 		if errors.Is(err, payment.ErrNotFound) {
 			return river.JobCancel(fmt.Errorf("payment %d does not exist", id))
 		}
@@ -123,41 +132,58 @@ func (w *ProcessPaymentWorker) Work(ctx context.Context, job *river.Job[ProcessP
 		if p.Final() {
 			return nil
 		}
+		if err := payment.MarkProcessing(ctx, tx, id); err != nil {
+			return err
+		}
+		return runner.KeepChanges(errCall)
+	})
+	if !errors.Is(err, errCall) {
+		return err
+	}
 
-		charge, err := w.Gateway.Charge(ctx, &gateway.ChargeRequest{
-			IdempotencyKey: p.GatewayKey, AmountMinor: p.AmountMinor, Currency: p.Currency,
-			OrderID: p.OrderID, Description: p.Description,
-		})
-		// The outcome is recorded even when the job's context ended meanwhile.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
+	charge, callErr := w.Gateway.Charge(ctx, &gateway.ChargeRequest{
+		IdempotencyKey: p.GatewayKey, AmountMinor: p.AmountMinor, Currency: p.Currency,
+		OrderID: p.OrderID, Description: p.Description,
+	})
 
-		var (
-			declined    *gateway.DeclinedError
-			rateLimited *gateway.RateLimitedError
-		)
+	// What the gateway answered is a fact now: record it even if the job's
+	// context ended during the call.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var (
+		declined    *gateway.DeclinedError
+		rateLimited *gateway.RateLimitedError
+	)
+	return runner.WorkTx(rctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+		p, err := payment.Lock(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if p.Final() {
+			return nil // another run of this payment finished it
+		}
 		switch {
-		case err == nil && charge.Status == gateway.StatusSucceeded:
-			return payment.Complete(rctx, tx, id, charge.ID)
-		case err == nil:
-			return payment.Fail(rctx, tx, id, "declined", "the gateway declined the charge "+charge.ID)
-		case errors.As(err, &declined):
-			return payment.Fail(rctx, tx, id, declined.Code, declined.Message)
-		case errors.As(err, &rateLimited):
-			// Not an attempt: nothing is recorded and no attempt is used.
+		case callErr == nil && charge.Status == gateway.StatusSucceeded:
+			return payment.Complete(ctx, tx, id, charge.ID)
+		case callErr == nil:
+			return payment.Fail(ctx, tx, id, "declined", "the gateway declined the charge "+charge.ID)
+		case errors.As(callErr, &declined):
+			return payment.Fail(ctx, tx, id, declined.Code, declined.Message)
+		case errors.As(callErr, &rateLimited):
+			// Not a failure of the charge: no job attempt is used.
 			return river.JobSnooze(max(rateLimited.RetryAfter, 100*time.Millisecond))
-		case errors.Is(err, gateway.ErrKeyReused), errors.Is(err, gateway.ErrInvalidRequest):
+		case errors.Is(callErr, gateway.ErrKeyReused), errors.Is(callErr, gateway.ErrInvalidRequest):
 			// Retrying the same request cannot succeed: stop and leave the
 			// payment processing, with the error, for an operator.
-			if rerr := payment.RecordAttempt(rctx, tx, id, err.Error()); rerr != nil {
-				return errors.Join(err, rerr)
+			if err := payment.RecordError(ctx, tx, id, callErr.Error()); err != nil {
+				return errors.Join(callErr, err)
 			}
-			return runner.KeepChanges(river.JobCancel(err))
+			return runner.KeepChanges(river.JobCancel(callErr))
 		default:
-			if rerr := payment.RecordAttempt(rctx, tx, id, err.Error()); rerr != nil {
-				return errors.Join(err, rerr)
+			if err := payment.RecordError(ctx, tx, id, callErr.Error()); err != nil {
+				return errors.Join(callErr, err)
 			}
-			return runner.KeepChanges(err)
+			return runner.KeepChanges(callErr)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package jobs
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
@@ -20,6 +21,9 @@ type Deps struct {
 	MailFrom string
 	// MailDomain is the Message-ID domain. Defaults to DomainDefault.
 	MailDomain string
+	// EmailLeaseFor bounds a send attempt's hold on an email. Defaults to
+	// EmailLeaseDefault.
+	EmailLeaseFor time.Duration
 	// Gateway charges payments. Without it process_payment is not worked.
 	Gateway gateway.Gateway
 	// Sources are the data sources sync_data reads, by name. Without them
@@ -35,7 +39,7 @@ func Register(workers *river.Workers, deps *Deps) error {
 		return errors.New("jobs: Deps needs Pool and Mailer")
 	}
 	if err := river.AddWorkerSafely(workers, &WelcomeEmailWorker{
-		Pool: deps.Pool, Mailer: deps.Mailer, From: deps.MailFrom, Domain: deps.MailDomain,
+		Pool: deps.Pool, Mailer: deps.Mailer, From: deps.MailFrom, Domain: deps.MailDomain, LeaseFor: deps.EmailLeaseFor,
 	}); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -94,12 +95,16 @@ func EnqueueWelcomeEmail(ctx context.Context, r *runner.Runner, tx pgx.Tx, userI
 
 // WelcomeEmailWorker sends welcome emails over SMTP.
 //
-// Each attempt is first recorded (committed on its own), then in one
-// transaction the worker locks the email_log row, returns early if the email
-// is already sent, sends it with its deterministic Message-ID, marks it sent
-// and completes the job. A process that dies between the send and the commit
-// leaves the attempt without an outcome; the retry sends again with the same
-// Message-ID and marks the email in doubt.
+// No transaction stays open across the SMTP conversation (a slow mail server
+// must not hold database connections). One transaction claims the email: it
+// locks the email_log row, completes the job at once if the email is already
+// sent, else records a send attempt and takes a lease on the email (another
+// run of it waits for the lease to end). Then the worker sends with the
+// email's deterministic Message-ID. A second transaction locks the row again,
+// records the outcome, releases the lease, marks the email sent and completes
+// the job. A process that dies between the send and that commit leaves the
+// attempt without an outcome: the retry, once the lease has expired, sends
+// again with the same Message-ID and marks the email in doubt.
 type WelcomeEmailWorker struct {
 	river.WorkerDefaults[WelcomeEmailArgs]
 
@@ -109,10 +114,17 @@ type WelcomeEmailWorker struct {
 	From string
 	// Domain is the right-hand side of Message-IDs. Defaults to DomainDefault.
 	Domain string
+	// LeaseFor is how long a send attempt holds the email; it must exceed
+	// the longest SMTP conversation. Defaults to EmailLeaseDefault.
+	LeaseFor time.Duration
 }
 
 // DomainDefault is the Message-ID domain when none is configured.
 const DomainDefault = "pgonce.localhost"
+
+// EmailLeaseDefault bounds a send attempt's hold on an email: four times
+// the mailer's per-operation SMTP timeout.
+const EmailLeaseDefault = 4 * mailer.SMTPTimeoutDefault
 
 func (w *WelcomeEmailWorker) domain() string {
 	if w.Domain != "" {
@@ -121,72 +133,111 @@ func (w *WelcomeEmailWorker) domain() string {
 	return DomainDefault
 }
 
+// errSend ends the claim transaction: commit the claim, then send.
+var errSend = errors.New("claimed; send")
+
 // Work implements river.Worker.
 func (w *WelcomeEmailWorker) Work(ctx context.Context, job *river.Job[WelcomeEmailArgs]) error {
 	args := job.Args
-	conn, err := w.Pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("acquiring connection: %w", err)
+	leaseFor := w.LeaseFor
+	if leaseFor <= 0 {
+		leaseFor = EmailLeaseDefault
 	}
-	defer conn.Release()
-
-	// The attempt record and the transaction share one connection, so a
-	// worker never holds one connection while waiting for a second.
-	attemptID, err := emaillog.BeginAttempt(ctx, conn, args.UserID, args.EmailType,
-		emaillog.MessageID(args.UserID, args.EmailType, w.domain()), job.ID, job.Attempt)
-	if err != nil {
+	var claim *emaillog.Claim
+	err := runner.WorkTx(ctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		claim, err = emaillog.ClaimSend(ctx, tx, args.UserID, args.EmailType,
+			emaillog.MessageID(args.UserID, args.EmailType, w.domain()), job.ID, job.Attempt, leaseFor)
+		switch {
+		case err != nil:
+			return err
+		case claim.Status == emaillog.StatusSent:
+			return nil // sent already: complete the job, send nothing
+		case claim.Status == emaillog.StatusFailed:
+			return river.JobCancel(fmt.Errorf("email %d was rejected permanently: %s", claim.ID, deref(claim.LastError)))
+		case claim.AttemptID == 0:
+			// Another attempt is sending it right now; come back when its
+			// lease ends (a snooze uses no attempt).
+			return river.JobSnooze(max(time.Until(*claim.LeaseUntil), time.Second))
+		}
+		return runner.KeepChanges(errSend)
+	})
+	if !errors.Is(err, errSend) {
 		return err
 	}
 
-	return runner.WorkTx(ctx, conn, job, func(ctx context.Context, tx pgx.Tx) error {
-		claim, err := emaillog.Lock(ctx, tx, args.UserID, args.EmailType, attemptID)
-		if err != nil {
+	finished := false
+	defer func() {
+		// A panic between the claim and the record (in the mailer, say):
+		// the send's fate is unknown. Record that and release the lease, so
+		// that the retry need not wait for it, then let River see the panic.
+		if v := recover(); v != nil {
+			if !finished {
+				w.abandon(context.WithoutCancel(ctx), claim, fmt.Sprint("panic: ", v))
+			}
+			panic(v)
+		}
+	}()
+	sendErr := w.Mailer.Send(ctx, &mailer.Message{
+		MessageID: claim.MessageID,
+		From:      w.from(),
+		To:        claim.Recipient,
+		Subject:   "Welcome!",
+		Text:      "Welcome aboard. This message was sent once, by job " + fmt.Sprint(job.ID) + ".\n",
+		Headers:   map[string]string{"X-Email-Type": claim.EmailType},
+	})
+	result := sendResult(sendErr, claim.EarlierUnresolved > 0)
+
+	// What happened at the SMTP server is a fact now: record it even if
+	// the job's context ended during the send (a shutdown, a timeout).
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	finished = true
+	return runner.WorkTx(rctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := emaillog.Lock(ctx, tx, args.UserID, args.EmailType); err != nil {
 			return err
 		}
-		switch claim.Status {
-		case emaillog.StatusSent:
-			return finishSkipped(ctx, tx, claim, attemptID, nil)
-		case emaillog.StatusFailed:
-			return finishSkipped(ctx, tx, claim, attemptID,
-				river.JobCancel(fmt.Errorf("email %d was rejected permanently: %s", claim.ID, deref(claim.LastError))))
+		if err := emaillog.Finish(ctx, tx, claim.ID, claim.AttemptID, result); err != nil {
+			return errors.Join(sendErr, err)
 		}
-		if attemptID == 0 {
-			// Not sent or failed now, yet it was when the attempt began: the
-			// row changed under us. Try again.
-			return errors.New("email log changed between attempt record and lock")
-		}
-
-		earlierInDoubt := claim.EarlierUnresolved > 0
-		sendErr := w.Mailer.Send(ctx, &mailer.Message{
-			MessageID: claim.MessageID,
-			From:      w.from(),
-			To:        claim.Recipient,
-			Subject:   "Welcome!",
-			Text:      "Welcome aboard. This message was sent once, by job " + fmt.Sprint(job.ID) + ".\n",
-			Headers:   map[string]string{"X-Email-Type": claim.EmailType},
-		})
 		switch {
 		case sendErr == nil:
-			return emaillog.Finish(ctx, tx, claim.ID, attemptID, emaillog.Result{
-				Outcome: emaillog.OutcomeDelivered, Status: emaillog.StatusSent, InDoubt: earlierInDoubt,
-			})
+			return nil // sent and recorded: complete the job
 		case errors.Is(sendErr, mailer.ErrPermanent):
-			err := emaillog.Finish(ctx, tx, claim.ID, attemptID, emaillog.Result{
-				Outcome: emaillog.OutcomeNotSent, Status: emaillog.StatusFailed, Error: sendErr.Error(), InDoubt: earlierInDoubt,
-			})
-			return keepOr(err, river.JobCancel(sendErr))
-		case errors.Is(sendErr, mailer.ErrInDoubt):
-			err := emaillog.Finish(ctx, tx, claim.ID, attemptID, emaillog.Result{
-				Outcome: emaillog.OutcomeUnknown, Status: emaillog.StatusSending, Error: sendErr.Error(), InDoubt: true,
-			})
-			return keepOr(err, sendErr)
+			return runner.KeepChanges(river.JobCancel(sendErr))
 		default:
-			err := emaillog.Finish(ctx, tx, claim.ID, attemptID, emaillog.Result{
-				Outcome: emaillog.OutcomeNotSent, Status: emaillog.StatusSending, Error: sendErr.Error(), InDoubt: earlierInDoubt,
-			})
-			return keepOr(err, sendErr)
+			return runner.KeepChanges(sendErr)
 		}
 	})
+}
+
+// abandon records that a claimed send ended without a known outcome and
+// releases its lease (best effort: if it fails, the lease expires).
+func (w *WelcomeEmailWorker) abandon(ctx context.Context, claim *emaillog.Claim, why string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
+		if _, err := emaillog.Lock(ctx, tx, claim.UserID, claim.EmailType); err != nil {
+			return err
+		}
+		return emaillog.Finish(ctx, tx, claim.ID, claim.AttemptID, emaillog.Result{
+			Outcome: emaillog.OutcomeUnknown, Status: emaillog.StatusSending, Error: why, InDoubt: true,
+		})
+	})
+}
+
+// sendResult is what a send's error means for the email.
+func sendResult(sendErr error, earlierInDoubt bool) emaillog.Result {
+	switch {
+	case sendErr == nil:
+		return emaillog.Result{Outcome: emaillog.OutcomeDelivered, Status: emaillog.StatusSent, InDoubt: earlierInDoubt}
+	case errors.Is(sendErr, mailer.ErrPermanent):
+		return emaillog.Result{Outcome: emaillog.OutcomeNotSent, Status: emaillog.StatusFailed, Error: sendErr.Error(), InDoubt: earlierInDoubt}
+	case errors.Is(sendErr, mailer.ErrInDoubt):
+		return emaillog.Result{Outcome: emaillog.OutcomeUnknown, Status: emaillog.StatusSending, Error: sendErr.Error(), InDoubt: true}
+	default:
+		return emaillog.Result{Outcome: emaillog.OutcomeNotSent, Status: emaillog.StatusSending, Error: sendErr.Error(), InDoubt: earlierInDoubt}
+	}
 }
 
 func (w *WelcomeEmailWorker) from() string {
@@ -194,31 +245,6 @@ func (w *WelcomeEmailWorker) from() string {
 		return w.From
 	}
 	return "welcome@" + w.domain()
-}
-
-// finishSkipped records that this attempt found nothing to send, then
-// returns result (nil completes the job).
-func finishSkipped(ctx context.Context, tx pgx.Tx, claim *emaillog.Claim, attemptID int64, result error) error {
-	if attemptID != 0 {
-		if err := emaillog.Finish(ctx, tx, claim.ID, attemptID, emaillog.Result{
-			Outcome: emaillog.OutcomeSkipped, Status: claim.Status,
-		}); err != nil {
-			return err
-		}
-	}
-	if result != nil {
-		return runner.KeepChanges(result)
-	}
-	return nil
-}
-
-// keepOr returns recordErr when recording the attempt failed (roll back,
-// retry), else jobErr wrapped so the record is committed.
-func keepOr(recordErr, jobErr error) error {
-	if recordErr != nil {
-		return errors.Join(jobErr, recordErr)
-	}
-	return runner.KeepChanges(jobErr)
 }
 
 func deref(s *string) string {

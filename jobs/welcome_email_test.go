@@ -320,8 +320,58 @@ func TestWelcomeEmail_CrashBetweenSendAndCommit(t *testing.T) {
 	msgs := f.sink.Messages()
 	require.Len(t, msgs, 2)
 	require.Equal(t, msgs[0].MessageID, msgs[1].MessageID)
-	// The crashed attempt was closed as unknown by the retry.
+	// The attempt that panicked recorded its outcome as unknown and released
+	// its lease, so the retry did not wait.
+	require.Equal(t, 1, count(t, f.db.Pool, `SELECT count(*) FROM email_attempts WHERE outcome = 'unknown' AND error LIKE 'panic:%'`))
+}
+
+// deadAttempt makes the email of userID look as a killed process leaves it:
+// an attempt without an outcome whose lease ends after leaseLeft.
+func deadAttempt(t *testing.T, f *fixture, userID int64, leaseLeft time.Duration) {
+	t.Helper()
+	_, err := f.db.Pool.Exec(context.Background(), `
+		WITH a AS (
+			INSERT INTO email_attempts (email_log_id, job_id, job_attempt)
+			SELECT id, job_id, 1 FROM email_log WHERE user_id = $1 RETURNING id, email_log_id)
+		UPDATE email_log l SET status = 'sending', lease_attempt_id = a.id, lease_until = now() + $2::interval
+		FROM a WHERE l.id = a.email_log_id`, userID, leaseLeft.String())
+	require.NoError(t, err)
+}
+
+// SC-9, the database side: a process died between the send and its commit
+// (an attempt without an outcome, its lease expired). The retry sends with
+// the same Message-ID, marks the email in doubt and closes the dead attempt
+// as unknown.
+func TestWelcomeEmail_AfterKilledAttempt(t *testing.T) {
+	t.Parallel()
+	f := setup(t, nil)
+	res := f.signup(t, "killed@example.com")
+	deadAttempt(t, f, res.User.ID, -time.Second)
+	f.start(t)
+	f.waitJob(t, res.WelcomeEmail.JobID, "completed")
+	e := f.entry(t, res.User.ID)
+	require.Equal(t, emaillog.StatusSent, e.Status)
+	require.True(t, e.InDoubt)
 	require.Equal(t, 1, count(t, f.db.Pool, `SELECT count(*) FROM email_attempts WHERE outcome = 'unknown' AND error LIKE 'no outcome recorded%'`))
+	require.Len(t, f.sink.Messages(), 1)
+	require.Equal(t, e.MessageID, f.sink.Messages()[0].MessageID)
+}
+
+// While another attempt holds the email's lease (it is sending), a run of
+// the same email waits for the lease to end instead of sending too.
+func TestWelcomeEmail_WaitsForTheLease(t *testing.T) {
+	t.Parallel()
+	f := setup(t, nil)
+	res := f.signup(t, "leased@example.com")
+	deadAttempt(t, f, res.User.ID, 2*time.Second)
+	start := time.Now()
+	f.start(t)
+	f.waitJob(t, res.WelcomeEmail.JobID, "completed")
+	require.GreaterOrEqual(t, time.Since(start), 1900*time.Millisecond, "no send before the lease ended")
+	require.Len(t, f.sink.Messages(), 1)
+	var attempt int
+	require.NoError(t, f.db.Pool.QueryRow(context.Background(), `SELECT attempt FROM river_job WHERE id = $1`, res.WelcomeEmail.JobID).Scan(&attempt))
+	require.Equal(t, 1, attempt, "waiting used no attempt")
 }
 
 func TestWelcomeEmail_PermanentRejection(t *testing.T) {

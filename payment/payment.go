@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -139,6 +141,8 @@ func (r *Request) Validate() error {
 		return fmt.Errorf("%w: currency %q is not an ISO 4217 code", ErrInvalid, r.Currency)
 	case !utf8.ValidString(r.Description) || utf8.RuneCountInString(r.Description) > MaxDescriptionLength:
 		return fmt.Errorf("%w: description must be valid UTF-8 of at most %d characters", ErrInvalid, MaxDescriptionLength)
+	case strings.IndexFunc(r.Description, func(c rune) bool { return unicode.IsControl(c) && c != '\n' && c != '\t' }) >= 0:
+		return fmt.Errorf("%w: description must not contain control characters", ErrInvalid)
 	}
 	return nil
 }
@@ -165,6 +169,22 @@ func Create(ctx context.Context, tx pgx.Tx, r *Request) (*Payment, bool, error) 
 	if err := r.Validate(); err != nil {
 		return nil, false, err
 	}
+	// The payment an insert conflicted with can change before it is read
+	// (the order's payment fails, and the order is free again): try again.
+	for range 3 {
+		p, created, err := create(ctx, tx, r)
+		if !errors.Is(err, errConflictGone) {
+			return p, created, err
+		}
+	}
+	return nil, false, fmt.Errorf("creating payment: %w", errConflictGone)
+}
+
+// errConflictGone: an insert conflicted, and the row it conflicted with was
+// gone by the time it was read.
+var errConflictGone = errors.New("payment: the conflicting payment changed meanwhile")
+
+func create(ctx context.Context, tx pgx.Tx, r *Request) (*Payment, bool, error) {
 	p, err := scan(tx.QueryRow(ctx, `
 		INSERT INTO payments (client_id, idempotency_key, gateway_key, order_id, amount_minor, currency, description)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -190,6 +210,9 @@ func Create(ctx context.Context, tx pgx.Tx, r *Request) (*Payment, bool, error) 
 		return nil, false, fmt.Errorf("reading payment by key: %w", err)
 	}
 	p, err = scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM payments WHERE client_id = $1 AND order_id = $2 AND status <> 'failed'`, r.ClientID, r.OrderID))
+	if errors.Is(err, ErrNotFound) {
+		return nil, false, errConflictGone
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("reading the order's payment: %w", err)
 	}
@@ -220,28 +243,34 @@ func SetJob(ctx context.Context, tx pgx.Tx, id, jobID int64) error {
 	return nil
 }
 
+// MarkProcessing records that a gateway call for the payment is about to be
+// made: status processing, one more attempt.
+func MarkProcessing(ctx context.Context, tx pgx.Tx, id int64) error {
+	return update(ctx, tx, id, `status = 'processing', attempts = attempts + 1`)
+}
+
 // Complete records a successful charge.
 func Complete(ctx context.Context, tx pgx.Tx, id int64, chargeID string) error {
-	return finish(ctx, tx, id, `status = 'completed', charge_id = $2, finished_at = now(), last_error = NULL`, chargeID)
+	return update(ctx, tx, id, `status = 'completed', charge_id = $2, finished_at = now(), last_error = NULL`, chargeID)
 }
 
 // Fail records a final refusal (a decline).
 func Fail(ctx context.Context, tx pgx.Tx, id int64, code, message string) error {
-	return finish(ctx, tx, id, `status = 'failed', failure_code = $2, failure_message = $3, finished_at = now()`, code, message)
+	return update(ctx, tx, id, `status = 'failed', failure_code = $2, failure_message = $3, finished_at = now()`, code, message)
 }
 
-// RecordAttempt records a gateway call whose outcome is not final: the
-// payment is processing and will be retried.
-func RecordAttempt(ctx context.Context, tx pgx.Tx, id int64, errText string) error {
-	return finish(ctx, tx, id, `status = 'processing', last_error = $2`, errText)
+// RecordError records the error of a gateway call whose outcome is not
+// final: the payment stays processing and will be retried.
+func RecordError(ctx context.Context, tx pgx.Tx, id int64, errText string) error {
+	return update(ctx, tx, id, `status = 'processing', last_error = $2`, errText)
 }
 
-// finish applies set to a payment that is not final, counting an attempt.
-// The guard in the WHERE clause and the payments_status_guard trigger both
-// refuse to change a final payment.
-func finish(ctx context.Context, tx pgx.Tx, id int64, set string, args ...any) error {
+// update applies set to a payment that is not final. The guard in the WHERE
+// clause and the payments_status_guard trigger both refuse to change a final
+// payment.
+func update(ctx context.Context, tx pgx.Tx, id int64, set string, args ...any) error {
 	tag, err := tx.Exec(ctx, `
-		UPDATE payments SET `+set+`, attempts = attempts + 1, updated_at = now()
+		UPDATE payments SET `+set+`, updated_at = now()
 		WHERE id = $1 AND status IN ('pending', 'processing')`, append([]any{id}, args...)...)
 	if err != nil {
 		var pgErr *pgconn.PgError

@@ -112,7 +112,9 @@ func TestStatusMachine(t *testing.T) {
 	require.NoError(t, err)
 	tx := func(fn func(pgx.Tx) error) error { return pgx.BeginFunc(ctx, db.Pool, fn) }
 
-	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.RecordAttempt(ctx, tx, p.ID, "gateway 503") }))
+	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.MarkProcessing(ctx, tx, p.ID) }))
+	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.RecordError(ctx, tx, p.ID, "gateway 503") }))
+	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.MarkProcessing(ctx, tx, p.ID) }))
 	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.Complete(ctx, tx, p.ID, "ch_1") }))
 	got, err := payment.Get(ctx, db.Pool, "shop-a", p.ID)
 	require.NoError(t, err)
@@ -136,7 +138,7 @@ func TestStatusMachine(t *testing.T) {
 
 	q, _, err := create(t, db, request("k2", "order-2", 500))
 	require.NoError(t, err)
-	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.RecordAttempt(ctx, tx, q.ID, "timeout") }))
+	require.NoError(t, tx(func(tx pgx.Tx) error { return payment.MarkProcessing(ctx, tx, q.ID) }))
 	_, err = db.Pool.Exec(ctx, `UPDATE payments SET status = 'pending' WHERE id = $1`, q.ID)
 	require.Error(t, err, "processing never goes back to pending")
 	for _, stmt := range []string{

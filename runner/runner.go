@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,13 @@ type Runner struct {
 
 	started  atomic.Bool
 	stopping atomic.Bool
+
+	counts    enqueueCounts
+	flushStop chan struct{}
+	flushDone chan struct{}
+
+	inflightMu sync.Mutex
+	inflight   map[int64]struct{} // jobs this process is working now
 }
 
 // New returns a runner over pool. Pass nil for config to take every default.
@@ -44,6 +52,7 @@ func New(pool *pgxpool.Pool, config *Config) (*Runner, error) {
 		config:   cfg,
 		logger:   cfg.Logger,
 		jobTable: "river_job",
+		inflight: map[int64]struct{}{},
 	}
 	if cfg.Schema != "" {
 		r.jobTable = pgx.Identifier{cfg.Schema, "river_job"}.Sanitize()
@@ -59,7 +68,7 @@ func New(pool *pgxpool.Pool, config *Config) (*Runner, error) {
 		JobTimeout:                  cfg.JobTimeout,
 		Logger:                      cfg.Logger,
 		MaxAttempts:                 cfg.MaxAttempts,
-		Middleware:                  append([]rivertype.Middleware{&shutdownMiddleware{r: r}}, cfg.Middleware...),
+		Middleware:                  append([]rivertype.Middleware{&insertMiddleware{counts: &r.counts}, &shutdownMiddleware{r: r}}, cfg.Middleware...),
 		PeriodicJobs:                cfg.PeriodicJobs,
 		RescueStuckJobsAfter:        cfg.RescueStuckJobsAfter,
 		RetryPolicy:                 cfg.RetryPolicy,
@@ -130,16 +139,22 @@ func (r *Runner) Pool() *pgxpool.Pool { return r.pool }
 // ID returns the runner's unique name among the runners of the database.
 func (r *Runner) ID() string { return r.config.ID }
 
-// Start starts working jobs. The context only bounds start-up: call Stop to
-// stop. Start does nothing for an InsertOnly runner.
+// Start starts working jobs, and writing the runner's enqueue counts to
+// ops_enqueue_counts every EnqueueCountsFlushInterval. The context only
+// bounds start-up: call Stop to stop. An InsertOnly runner works nothing; it
+// only writes its counts.
 func (r *Runner) Start(ctx context.Context) error {
-	if r.config.InsertOnly {
-		return nil
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("runner: already started")
 	}
-	if err := r.client.Start(context.WithoutCancel(ctx)); err != nil {
-		return fmt.Errorf("runner: starting: %w", err)
+	if !r.config.InsertOnly {
+		if err := r.client.Start(context.WithoutCancel(ctx)); err != nil {
+			r.started.Store(false)
+			return fmt.Errorf("runner: starting: %w", err)
+		}
 	}
-	r.started.Store(true)
+	r.flushStop, r.flushDone = make(chan struct{}), make(chan struct{})
+	go r.runFlusher(r.flushStop, r.flushDone)
 	return nil
 }
 
@@ -157,6 +172,13 @@ func (r *Runner) Start(ctx context.Context) error {
 // running.
 func (r *Runner) Stop(ctx context.Context) error {
 	if !r.started.Load() || !r.stopping.CompareAndSwap(false, true) {
+		return nil
+	}
+	defer func() {
+		close(r.flushStop)
+		<-r.flushDone
+	}()
+	if r.config.InsertOnly {
 		return nil
 	}
 	deadline, ok := ctx.Deadline()
@@ -217,6 +239,46 @@ func (r *Runner) requeueOwnRunningJobs(ctx context.Context) ([]int64, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
+// OrphanAfter is how long a job this runner fetched may stay running in the
+// database while no goroutine of this process works it before the runner
+// puts it back in the queue (see requeueOrphans).
+const OrphanAfter = 30 * time.Second
+
+// requeueOrphans puts back in the queue, without using up an attempt, the
+// jobs this runner fetched that the database still shows running although
+// no goroutine of this process works them any more: their end could not be
+// recorded, typically because the database went away meanwhile. River's
+// rescuer would find them only after RescueStuckJobsAfter, and would count
+// the attempt (discarding a job on its last one).
+func (r *Runner) requeueOrphans(ctx context.Context) {
+	r.inflightMu.Lock()
+	ids := make([]int64, 0, len(r.inflight))
+	for id := range r.inflight {
+		ids = append(ids, id)
+	}
+	r.inflightMu.Unlock()
+	rows, err := r.pool.Query(ctx, `
+		UPDATE `+r.jobTable+`
+		SET state = 'available',
+		    attempt = greatest(attempt - 1, 0),
+		    scheduled_at = now(),
+		    metadata = metadata || jsonb_build_object('requeued_orphan_by', $1::text)
+		WHERE state = 'running'
+		  AND attempted_by[array_upper(attempted_by, 1)] = $1
+		  AND attempted_at < now() - $3::interval
+		  AND NOT (id = ANY($2))
+		RETURNING id`, r.config.ID, ids, OrphanAfter.String())
+	if err != nil {
+		r.logger.Debug("runner: looking for orphaned jobs failed", "error", err)
+		return
+	}
+	requeued, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err == nil && len(requeued) > 0 {
+		r.logger.Warn("runner: jobs left running although this process no longer works them (their end could not be recorded); requeued without using an attempt",
+			"job_ids", requeued)
+	}
+}
+
 // shutdownMiddleware turns an error caused by the shutdown's cancellation
 // into a zero-length snooze: River then makes the job available again and
 // gives back the attempt it used, so a shutdown never burns an attempt or
@@ -227,6 +289,14 @@ type shutdownMiddleware struct {
 }
 
 func (m *shutdownMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+	m.r.inflightMu.Lock()
+	m.r.inflight[job.ID] = struct{}{}
+	m.r.inflightMu.Unlock()
+	defer func() {
+		m.r.inflightMu.Lock()
+		delete(m.r.inflight, job.ID)
+		m.r.inflightMu.Unlock()
+	}()
 	err := doInner(ctx)
 	if err == nil || !m.r.stopping.Load() || !errors.Is(ctx.Err(), context.Canceled) {
 		return err

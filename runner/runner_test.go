@@ -422,3 +422,33 @@ func TestBackoff_Delay(t *testing.T) {
 	}
 	require.Equal(t, runner.BackoffMinDefault, (&runner.Backoff{}).Delay(1).Round(runner.BackoffMinDefault))
 }
+
+// A job this runner fetched but no longer works (its end could not be
+// recorded, say the database went away) goes back to the queue without
+// using an attempt; jobs it is working, and other runners' jobs, stay.
+func TestRunner_RequeueOrphans(t *testing.T) {
+	t.Parallel()
+	f := setup(t, nil, nil) // not started: nothing works the jobs meanwhile
+	ctx := context.Background()
+	var ids []int64
+	for i := range 3 {
+		res, err := f.enqueueOrder(ctx, int64(i+1), "")
+		require.NoError(t, err)
+		ids = append(ids, res.JobID)
+	}
+	// Job 0 looks orphaned by this runner, job 1 by another runner, job 2
+	// by this runner but recently fetched.
+	_, err := f.db.Pool.Exec(ctx, `
+		UPDATE river_job SET state = 'running', attempt = 1,
+		       attempted_at = now() - CASE WHEN id = $3 THEN interval '1 second' ELSE interval '5 minutes' END,
+		       attempted_by = ARRAY[CASE WHEN id = $2 THEN 'someone-else' ELSE $4 END]
+		WHERE id = ANY($1)`, ids, ids[1], ids[2], f.runner.ID())
+	require.NoError(t, err)
+	f.runner.RequeueOrphans(ctx)
+	require.Equal(t, "available", stateOf(t, f.db.Pool, ids[0]))
+	require.Equal(t, "running", stateOf(t, f.db.Pool, ids[1]))
+	require.Equal(t, "running", stateOf(t, f.db.Pool, ids[2]))
+	var attempt int
+	require.NoError(t, f.db.Pool.QueryRow(ctx, `SELECT attempt FROM river_job WHERE id = $1`, ids[0]).Scan(&attempt))
+	require.Zero(t, attempt)
+}

@@ -59,7 +59,11 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 		return keep.err
 	}
 
-	completed, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+	// The effect is done: its record and the completion must not be lost to
+	// a cancellation (a shutdown, a timeout) that arrives now.
+	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	completed, err := river.JobCompleteTx[*riverpgxv5.Driver](finishCtx, tx, job)
 	if errors.Is(err, rivertype.ErrNotFound) {
 		return ErrJobNotRunning
 	}
@@ -70,7 +74,7 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 		// River's update leaves a job that is no longer running as it is.
 		return ErrJobNotRunning
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := tx.Commit(finishCtx); err != nil {
 		return fmt.Errorf("committing job %d: %w", job.ID, err)
 	}
 	return nil

@@ -16,9 +16,12 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/net/idna"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/runner"
@@ -48,8 +51,11 @@ type User struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// NormalizeEmail trims s and checks that it is a bare address such as
-// "ada@example.com" (no display name, no angle brackets).
+// NormalizeEmail trims s, checks that it is a bare address such as
+// "ada@example.com" (no display name, no angle brackets), and returns it in
+// one spelling: an internationalised domain in ASCII (punycode) and lower
+// case, the local part in Unicode NFC. (The local part's case is kept; users
+// are unique by lower(email) anyway.)
 func NormalizeEmail(s string) (string, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -63,16 +69,31 @@ func NormalizeEmail(s string) (string, error) {
 		return "", fmt.Errorf("%w: %q is not of the form local@domain", ErrInvalidEmail, s)
 	}
 	at := strings.LastIndexByte(s, '@')
-	if at < 1 || !strings.Contains(s[at+1:], ".") && s[at+1:] != "localhost" {
+	local, domain := s[:at], s[at+1:]
+	if at < 1 || !strings.Contains(domain, ".") && domain != "localhost" {
 		return "", fmt.Errorf("%w: %q has no domain", ErrInvalidEmail, s)
 	}
-	return s, nil
+	// One mailbox, one spelling: the domain in its ASCII (punycode) form,
+	// lower case; the local part in Unicode normal form C. Otherwise
+	// idn@exämple.com and idn@xn--exmple-cua.com would be two users.
+	ascii, err := idna.Lookup.ToASCII(domain)
+	if err != nil {
+		return "", fmt.Errorf("%w: domain %q: %w", ErrInvalidEmail, domain, err)
+	}
+	out := norm.NFC.String(local) + "@" + strings.ToLower(ascii)
+	if len(out) > 254 {
+		return "", fmt.Errorf("%w: longer than 254 bytes", ErrInvalidEmail)
+	}
+	return out, nil
 }
 
 // ValidateName checks a display name.
 func ValidateName(name string) error {
 	if !utf8.ValidString(name) {
 		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidName)
+	}
+	if strings.IndexFunc(name, unicode.IsControl) >= 0 {
+		return fmt.Errorf("%w: control characters are not allowed", ErrInvalidName)
 	}
 	if n := utf8.RuneCountInString(name); n > NameMaxLength {
 		return fmt.Errorf("%w: %d characters, at most %d", ErrInvalidName, n, NameMaxLength)

@@ -19,7 +19,7 @@ func TestNormalizeEmail(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
 		"ada@example.com":        "ada@example.com",
-		"  Ada@Example.COM \n":   "Ada@Example.COM",
+		"  Ada@Example.COM \n":   "Ada@example.com", // the domain is lower-cased
 		"a.b+tag@sub.example.io": "a.b+tag@sub.example.io",
 		"root@localhost":         "root@localhost",
 	} {

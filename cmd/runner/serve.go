@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/internal/app"
+	"github.com/pgonce/pgonce/internal/tracing"
 	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/runner"
 )
@@ -25,7 +27,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	smtpURL := fs.string("smtp-url", "SMTP_URL", "", "SMTP server, smtp://[user:pass@]host[:port][?tls=none|opportunistic|starttls] or smtps:// (required unless --dev)")
 	mailFrom := fs.string("mail-from", "MAIL_FROM", "", "sender address of emails (default welcome@<mail-domain>)")
 	mailDomain := fs.string("mail-domain", "MAIL_DOMAIN", jobs.DomainDefault, "domain of Message-IDs")
+	emailLease := fs.duration("email-lease", "EMAIL_LEASE", jobs.EmailLeaseDefault, "how long a send attempt holds an email (longer than any SMTP conversation); a process killed mid-send delays the retry this long")
 	tokens := fs.string("api-tokens", "API_TOKENS", "", "API clients as principal:token pairs, comma-separated; tokens at least 16 characters (required unless --dev)")
+	adminCreds := fs.string("admin-credentials", "ADMIN_CREDENTIALS", "", "user:password for the operator routes /metrics and /riverui/ (HTTP Basic); unset, they refuse everyone (--dev generates some)")
 	gatewayURL := fs.string("gateway-url", "GATEWAY_URL", "", "payment gateway base URL, speaking the reference gateway's protocol (required unless --dev)")
 	gatewayToken := fs.string("gateway-token", "GATEWAY_TOKEN", "", "bearer token for the gateway")
 	gatewayTimeout := fs.duration("gateway-timeout", "GATEWAY_TIMEOUT", gateway.ClientTimeoutDefault, "timeout of each charge request (a timeout is retried with the same key)")
@@ -77,6 +81,24 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		tokenMap[token] = "dev"
 		fmt.Fprintf(stdout, "dev API token (principal \"dev\"): %s\n", token)
 	}
+	adminUser, adminPassword, _ := strings.Cut(*adminCreds, ":")
+	if *adminCreds != "" && (adminUser == "" || len(adminPassword) < 12) {
+		return fmt.Errorf("%w: ADMIN_CREDENTIALS must be user:password with a password of at least 12 characters", errUsage)
+	}
+	if *adminCreds == "" && *dev {
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		adminUser, adminPassword = "admin", hex.EncodeToString(b[:])
+		fmt.Fprintf(stdout, "dev operator credentials for /metrics and /riverui/: %s:%s\n", adminUser, adminPassword)
+	}
+	shutdownTracing, tracing, err := tracing.Setup(ctx, "pgonce")
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing(context.Background()) //nolint:errcheck
+	if tracing {
+		logf("exporting traces over OTLP")
+	}
 
 	if *paymentAttempts < 1 || *keyLifetime <= 0 || *purgeInterval <= 0 || *gatewayTimeout <= 0 {
 		return fmt.Errorf("%w: payment-max-attempts, idempotency-key-lifetime, idempotency-purge-interval and gateway-timeout must be positive", errUsage)
@@ -114,8 +136,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	a, err := app.New(&app.Options{
-		Pool: db.Pool, Mailer: sender, Gateway: gw, MailFrom: *mailFrom, MailDomain: *mailDomain,
-		Tokens: tokenMap, Runner: *cfg, Queues: rc.queues(), Logger: logger,
+		Pool: db.Pool, Mailer: sender, Gateway: gw, MailFrom: *mailFrom, MailDomain: *mailDomain, EmailLeaseFor: *emailLease,
+		Tokens: tokenMap, AdminUser: adminUser, AdminPassword: adminPassword, Runner: *cfg, Queues: rc.queues(), Logger: logger,
 		IdempotencyKeyLifetime: *keyLifetime, PurgeInterval: *purgeInterval, PaymentMaxAttempts: *paymentAttempts,
 		Sources: sources.sources, SyncIntervals: sources.intervals, SyncPageSize: *syncPageSize,
 	})

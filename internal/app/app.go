@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/rivercontrib/otelriver"
+	"riverqueue.com/riverui"
 
 	"github.com/pgonce/pgonce/api"
 	"github.com/pgonce/pgonce/datasync"
@@ -21,6 +23,7 @@ import (
 	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/mailer"
+	"github.com/pgonce/pgonce/metrics"
 	"github.com/pgonce/pgonce/runner"
 )
 
@@ -30,12 +33,16 @@ type Options struct {
 	Mailer  mailer.Sender
 	Gateway gateway.Gateway // optional: without it payments are accepted but not processed
 
-	MailFrom   string
-	MailDomain string
+	MailFrom      string
+	MailDomain    string
+	EmailLeaseFor time.Duration
 
 	// Tokens and AllowAnonymous configure API authentication (see api.Config).
 	Tokens         map[string]string
 	AllowAnonymous bool
+
+	// AdminUser and AdminPassword guard /metrics and /riverui/.
+	AdminUser, AdminPassword string
 
 	// Runner is the base runner configuration; Workers and Queues are filled
 	// in here.
@@ -59,10 +66,14 @@ type Options struct {
 
 // App is a wired runner with its API.
 type App struct {
-	Pool   *pgxpool.Pool
-	Runner *runner.Runner
-	API    *api.Server
-	Logger *slog.Logger
+	Pool    *pgxpool.Pool
+	Runner  *runner.Runner
+	API     *api.Server
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+
+	riverUI     *riverui.Handler
+	stopRiverUI context.CancelFunc
 
 	httpServer *http.Server
 	listener   net.Listener
@@ -81,7 +92,8 @@ func New(opts *Options) (*App, error) {
 	workers := river.NewWorkers()
 	if err := jobs.Register(workers, &jobs.Deps{
 		Pool: opts.Pool, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain, Gateway: opts.Gateway,
-		Sources: opts.Sources, SyncPageSize: opts.SyncPageSize,
+		EmailLeaseFor: opts.EmailLeaseFor,
+		Sources:       opts.Sources, SyncPageSize: opts.SyncPageSize,
 	}); err != nil {
 		return nil, err
 	}
@@ -94,6 +106,11 @@ func New(opts *Options) (*App, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = logger
 	}
+	m := metrics.New(opts.Pool, logger)
+	cfg.Middleware = append(cfg.Middleware, m.RiverMiddleware()...)
+	// Traces through OpenTelemetry's global provider: a no-op unless one is
+	// installed (runner serve installs OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set).
+	cfg.Middleware = append(cfg.Middleware, otelriver.NewMiddleware(&otelriver.MiddlewareConfig{EnableTracePropagation: true}))
 	cfg.PeriodicJobs = append(cfg.PeriodicJobs, idempotency.PeriodicPurge(opts.PurgeInterval))
 	sources := make([]string, 0, len(opts.Sources))
 	for name := range opts.Sources {
@@ -107,16 +124,24 @@ func New(opts *Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	ui, err := riverui.NewHandler(&riverui.HandlerOpts{
+		Endpoints: riverui.NewEndpoints(r.Client(), nil),
+		Logger:    logger,
+		Prefix:    "/riverui",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: River UI: %w", err)
+	}
 	srv, err := api.New(&api.Config{
 		Pool: opts.Pool, Runner: r, Tokens: opts.Tokens, AllowAnonymous: opts.AllowAnonymous,
 		MessageDomain: opts.MailDomain, Logger: logger,
 		IdempotencyKeyLifetime: opts.IdempotencyKeyLifetime, PaymentMaxAttempts: opts.PaymentMaxAttempts,
-		Sources: sources,
+		Sources: sources, Metrics: m, RiverUI: ui, AdminUser: opts.AdminUser, AdminPassword: opts.AdminPassword,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &App{Pool: opts.Pool, Runner: r, API: srv, Logger: logger}, nil
+	return &App{Pool: opts.Pool, Runner: r, API: srv, Metrics: m, Logger: logger, riverUI: ui}, nil
 }
 
 // Start starts the workers and serves the API on addr ("127.0.0.1:0" picks
@@ -130,6 +155,13 @@ func (a *App) Start(ctx context.Context, addr string) error {
 		l.Close()
 		return err
 	}
+	uiCtx, stopUI := context.WithCancel(context.WithoutCancel(ctx))
+	if err := a.riverUI.Start(uiCtx); err != nil {
+		stopUI()
+		l.Close()
+		return fmt.Errorf("starting River UI: %w", err)
+	}
+	a.stopRiverUI = stopUI
 	a.listener = l
 	a.httpServer = &http.Server{
 		Handler:           a.API.Handler(),
@@ -163,6 +195,9 @@ func (a *App) Stop(ctx context.Context) error {
 	}
 	if err := a.Runner.Stop(ctx); err != nil {
 		errs = append(errs, err)
+	}
+	if a.stopRiverUI != nil {
+		a.stopRiverUI()
 	}
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -100,7 +101,8 @@ func Unavailable(err error) bool {
 	if errors.As(err, &connectErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
 		return true
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, net.ErrClosed) {
 		return true
 	}
 	var pgErr *pgconn.PgError
@@ -125,6 +127,15 @@ func DatabaseError(w http.ResponseWriter, r *http.Request, err error) {
 		// The client hung up; nobody reads this answer, but logs and
 		// metrics should not count it as a server error.
 		Write(w, r, New(StatusClientClosedRequest, "client-closed-request", "Client closed request", ""))
+		return
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22") {
+		// A data exception: a value the database cannot take (a NUL
+		// character, a number out of range). The client's data; nothing
+		// was written.
+		Write(w, r, New(http.StatusUnprocessableEntity, "invalid-data", "Invalid data",
+			"A value of the request cannot be stored: "+pgErr.Message+"."))
 		return
 	}
 	if Unavailable(err) {

@@ -23,6 +23,8 @@ CREATE TABLE email_log (
     attempts    integer NOT NULL DEFAULT 0,
     in_doubt    boolean NOT NULL DEFAULT false,
     last_error  text,
+    lease_until timestamptz,
+    lease_attempt_id bigint,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     sent_at     timestamptz,
@@ -31,7 +33,8 @@ CREATE TABLE email_log (
     CONSTRAINT email_log_email_type_format CHECK (email_type ~ '^[a-z][a-z0-9_]{0,62}$'),
     CONSTRAINT email_log_status_valid CHECK (status IN ('queued', 'sending', 'sent', 'failed')),
     CONSTRAINT email_log_sent_at_iff_sent CHECK ((status = 'sent') = (sent_at IS NOT NULL)),
-    CONSTRAINT email_log_attempts_nonnegative CHECK (attempts >= 0)
+    CONSTRAINT email_log_attempts_nonnegative CHECK (attempts >= 0),
+    CONSTRAINT email_log_lease_whole CHECK ((lease_until IS NULL) = (lease_attempt_id IS NULL))
 );
 
 COMMENT ON TABLE email_log IS 'One row per (user, email type): the permanent record that makes an email go out at most once, whatever happens to the jobs. Created in the same transaction as the job that sends it.';
@@ -39,6 +42,7 @@ COMMENT ON COLUMN email_log.status IS 'queued: no send attempted yet; sending: a
 COMMENT ON COLUMN email_log.message_id IS 'Message-ID header, derived deterministically from (kind, user_id, email_type): every delivery of this email carries it, so a receiver can drop a second copy.';
 COMMENT ON COLUMN email_log.job_id IS 'River job (river_job.id) that sends it. No foreign key: River deletes finished jobs after its retention period, this row stays.';
 COMMENT ON COLUMN email_log.attempts IS 'SMTP send attempts whose outcome was recorded.';
+COMMENT ON COLUMN email_log.lease_until IS 'While set and in the future, the send attempt lease_attempt_id (email_attempts.id) holds the email: it is talking SMTP, and another run of the email waits. A process that dies mid-send leaves the lease to expire.';
 COMMENT ON COLUMN email_log.in_doubt IS 'True when a send was made after an attempt whose outcome is unknown (a crash between send and commit, or an SMTP error after the message data was sent): the recipient may hold two copies, both with message_id.';
 
 CREATE TABLE email_attempts (

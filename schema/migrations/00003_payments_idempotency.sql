@@ -39,8 +39,8 @@ COMMENT ON COLUMN payments.client_id IS 'The authenticated API principal that cr
 COMMENT ON COLUMN payments.idempotency_key IS 'The Idempotency-Key header of the request that created it.';
 COMMENT ON COLUMN payments.gateway_key IS 'Idempotency-Key sent to the payment gateway on every attempt, derived from (client_id, idempotency_key): a retried charge is recognised by the gateway and not made twice.';
 COMMENT ON COLUMN payments.amount_minor IS 'Amount in the currency''s minor unit (cents), > 0.';
-COMMENT ON COLUMN payments.status IS 'pending: accepted, no gateway call yet; processing: called the gateway, outcome not final yet (a retry is due, or the job gave up: see last_error); completed: charged (charge_id); failed: declined (failure_code). completed and failed are final (trigger payments_status_guard).';
-COMMENT ON COLUMN payments.attempts IS 'Gateway calls made and recorded.';
+COMMENT ON COLUMN payments.status IS 'pending: accepted, no gateway call yet; processing: a gateway call is under way or its outcome was not final (a retry is due, or the job gave up: see last_error); completed: charged (charge_id); failed: declined (failure_code). completed and failed are final (trigger payments_status_guard).';
+COMMENT ON COLUMN payments.attempts IS 'Gateway calls started (counted just before each call, so a call whose answer was lost still counts).';
 COMMENT ON COLUMN payments.job_id IS 'River job (river_job.id) that processes it. No foreign key: River deletes finished jobs after its retention period.';
 
 -- The status machine, enforced by the database: pending -> processing -> completed | failed (processing may
