@@ -138,24 +138,32 @@ func ClaimSend(ctx context.Context, tx pgx.Tx, userID int64, emailType, messageI
 		ON CONFLICT (user_id, email_type) DO NOTHING`, userID, emailType, messageID, jobID); err != nil {
 		return nil, fmt.Errorf("ensuring email log: %w", err)
 	}
-	var c Claim
-	var leaseActive bool
-	err := tx.QueryRow(ctx, `
-		SELECT l.id, l.user_id, l.email_type, l.status, l.message_id, l.job_id, l.attempts, l.in_doubt,
-		       l.last_error, l.created_at, l.updated_at, l.sent_at, u.email, l.lease_until,
-		       coalesce(l.lease_until > now(), false),
-		       (SELECT count(*) FROM email_attempts a WHERE a.email_log_id = l.id AND a.outcome IS NULL)
-		FROM email_log l
-		JOIN users u ON u.id = l.user_id
-		WHERE l.user_id = $1 AND l.email_type = $2
-		FOR UPDATE OF l`, userID, emailType).Scan(
-		&c.ID, &c.UserID, &c.EmailType, &c.Status, &c.MessageID, &c.JobID, &c.Attempts, &c.InDoubt,
-		&c.LastError, &c.CreatedAt, &c.UpdatedAt, &c.SentAt, &c.Recipient, &c.LeaseUntil, &leaseActive, &c.EarlierUnresolved)
+	// Lock first, read second: in READ COMMITTED a statement that waits for
+	// a row lock reads its subqueries from a snapshot taken before the wait,
+	// and would miss the attempt that the lock's previous holder committed.
+	var id int64
+	err := tx.QueryRow(ctx, `SELECT id FROM email_log WHERE user_id = $1 AND email_type = $2 FOR UPDATE`,
+		userID, emailType).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("locking email log: %w", err)
+	}
+	var c Claim
+	var leaseActive bool
+	err = tx.QueryRow(ctx, `
+		SELECT l.id, l.user_id, l.email_type, l.status, l.message_id, l.job_id, l.attempts, l.in_doubt,
+		       l.last_error, l.created_at, l.updated_at, l.sent_at, u.email, l.lease_until,
+		       coalesce(l.lease_until > clock_timestamp(), false),
+		       (SELECT count(*) FROM email_attempts a WHERE a.email_log_id = l.id AND a.outcome IS NULL)
+		FROM email_log l
+		JOIN users u ON u.id = l.user_id
+		WHERE l.id = $1`, id).Scan(
+		&c.ID, &c.UserID, &c.EmailType, &c.Status, &c.MessageID, &c.JobID, &c.Attempts, &c.InDoubt,
+		&c.LastError, &c.CreatedAt, &c.UpdatedAt, &c.SentAt, &c.Recipient, &c.LeaseUntil, &leaseActive, &c.EarlierUnresolved)
+	if err != nil {
+		return nil, fmt.Errorf("reading email log: %w", err)
 	}
 	switch {
 	case c.Status == StatusSent || c.Status == StatusFailed:
@@ -169,7 +177,7 @@ func ClaimSend(ctx context.Context, tx pgx.Tx, userID int64, emailType, messageI
 		WITH attempt AS (
 			INSERT INTO email_attempts (email_log_id, job_id, job_attempt) VALUES ($1, $2, $3) RETURNING id
 		)
-		UPDATE email_log SET status = 'sending', lease_until = now() + $4::interval,
+		UPDATE email_log SET status = 'sending', lease_until = clock_timestamp() + $4::interval,
 		       lease_attempt_id = (SELECT id FROM attempt), updated_at = now()
 		WHERE id = $1
 		RETURNING lease_attempt_id`, c.ID, jobID, jobAttempt, leaseFor.String()).Scan(&c.AttemptID)

@@ -48,7 +48,8 @@ type Faults struct {
 const HangMaxDefault = 30 * time.Second
 
 // Server is the reference gateway: POST /v1/charges with an Idempotency-Key,
-// GET /v1/charges (the ledger), GET /v1/stats, PUT /v1/faults.
+// GET /v1/charges[?idempotency_key=K] (the ledger), GET /v1/stats,
+// PUT /v1/faults.
 type Server struct {
 	// Token, when set, is required as "Authorization: Bearer <Token>".
 	Token string
@@ -145,7 +146,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/charges":
 		s.charge(w, r)
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/charges":
-		writeJSON(w, http.StatusOK, s.Ledger())
+		ledger := s.Ledger()
+		if key := r.URL.Query().Get("idempotency_key"); key != "" {
+			var matching []Charge
+			for _, c := range ledger {
+				if c.IdempotencyKey == key {
+					matching = append(matching, c)
+				}
+			}
+			ledger = matching
+		}
+		if ledger == nil {
+			ledger = []Charge{}
+		}
+		writeJSON(w, http.StatusOK, ledger)
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/stats":
 		writeJSON(w, http.StatusOK, s.Stats())
 	case r.Method == http.MethodPut && r.URL.Path == "/v1/faults":

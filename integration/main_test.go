@@ -197,3 +197,5 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }

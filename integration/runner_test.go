@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -256,6 +257,43 @@ func TestDemo(t *testing.T) {
 	require.Contains(t, p.out.String(), "distinct Message-IDs")
 	require.Contains(t, p.out.String(), "orders charged twice")
 	require.Contains(t, p.out.String(), "rows missing at the destination")
+
+	// runner inspect, on the database the demo left behind.
+	inspect := func(args ...string) string {
+		p := start(t, []string{"DATABASE_URL=" + db.URL}, append([]string{"inspect"}, args...)...)
+		require.Equal(t, 0, p.wait(t, time.Minute), p.out.String())
+		return p.out.String()
+	}
+	summary := inspect()
+	for _, want := range []string{"Queues", "welcome_email", "process_payment", "sync_data", "completed", "Data sync", "demo"} {
+		require.Contains(t, summary, want)
+	}
+	var sum map[string]any
+	require.NoError(t, json.Unmarshal([]byte(inspect("--json")), &sum))
+	require.NotEmpty(t, sum["queues"])
+	require.NotEmpty(t, sum["duplicates"], "the demo's duplicates were counted")
+
+	var jobID int64
+	var key, client string
+	require.NoError(t, db.Pool.QueryRow(context.Background(),
+		`SELECT job_id, idempotency_key, client_id FROM payments WHERE status = 'completed' LIMIT 1`).Scan(&jobID, &key, &client))
+	story := inspect("job", fmt.Sprint(jobID))
+	for _, want := range []string{"Job", "process_payment", "Payment", "completed", key} {
+		require.Contains(t, story, want)
+	}
+	story = inspect("key", key, "--client", client)
+	for _, want := range []string{"Stored answers", "POST /api/payments", "202", "Payment", "Job"} {
+		require.Contains(t, story, want)
+	}
+	var emailJob int64
+	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT job_id FROM email_log WHERE status = 'sent' LIMIT 1`).Scan(&emailJob))
+	story = inspect("job", fmt.Sprint(emailJob))
+	for _, want := range []string{"welcome_email", "Email", "Message-ID", "delivered"} {
+		require.Contains(t, story, want)
+	}
+	p = start(t, []string{"DATABASE_URL=" + db.URL}, "inspect", "job", "99999999")
+	require.Equal(t, 1, p.wait(t, time.Minute))
+	require.Contains(t, p.out.String(), "not found")
 }
 
 // runner demo with nothing configured starts its own PostgreSQL and removes

@@ -141,9 +141,10 @@ func (s *SMTP) Send(ctx context.Context, msg *Message) error {
 		return fmt.Errorf("mailer: connecting: %w", err)
 	}
 	sendErr := client.SendWithSMTPClient(conn, m)
-	// Once the server accepted the data, a failing QUIT changes nothing.
+	// Once the server accepted the data, a failing RSET or QUIT changes
+	// nothing: the message is delivered.
 	_ = client.CloseWithSMTPClient(conn)
-	if sendErr != nil {
+	if sendErr != nil && !m.IsDelivered() {
 		return classify(sendErr)
 	}
 	return nil

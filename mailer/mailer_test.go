@@ -68,6 +68,12 @@ func TestSMTP_Send(t *testing.T) {
 		require.Equal(t, tt.deliveredInSink, len(sink.Messages()) > before, tt.fault.String())
 	}
 
+	// Accepted, then the connection drops before RSET: delivered, no error.
+	before := len(sink.Messages())
+	sink.FailNext(smtpsink.FaultDropAfterAccept)
+	require.NoError(t, m.Send(ctx, msg))
+	require.Len(t, sink.Messages(), before+1)
+
 	// Nothing listening: not sent, not in doubt.
 	require.NoError(t, sink.Close())
 	err = m.Send(ctx, msg)

@@ -452,3 +452,57 @@ func TestRunner_RequeueOrphans(t *testing.T) {
 	require.NoError(t, f.db.Pool.QueryRow(ctx, `SELECT attempt FROM river_job WHERE id = $1`, ids[0]).Scan(&attempt))
 	require.Zero(t, attempt)
 }
+
+// keepFailsArgs is a job whose record cannot be committed.
+type keepFailsArgs struct{}
+
+func (keepFailsArgs) Kind() string { return "test_keep_fails" }
+
+var errNextStep = errors.New("next step")
+
+type keepFailsWorker struct {
+	river.WorkerDefaults[keepFailsArgs]
+	pool   *pgxpool.Pool
+	result chan error
+}
+
+func (w *keepFailsWorker) Work(ctx context.Context, job *river.Job[keepFailsArgs]) error {
+	err := runner.WorkTx(ctx, w.pool, job, func(ctx context.Context, tx pgx.Tx) error {
+		// A deferred constraint fails at commit, as a lost connection would.
+		if _, err := tx.Exec(ctx, `INSERT INTO deferred_check (v) VALUES (-1)`); err != nil {
+			return err
+		}
+		return runner.KeepChanges(errNextStep)
+	})
+	w.result <- err
+	return river.JobCancel(errors.New("test done"))
+}
+
+// When the commit of KeepChanges fails, the wrapped error is not returned:
+// a caller that takes its next step on it (send, call) must not.
+func TestWorkTx_KeepChangesCommitFails(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, nil)
+	ctx := context.Background()
+	_, err := db.Pool.Exec(ctx, `CREATE TABLE deferred_parent (id int PRIMARY KEY);
+		CREATE TABLE deferred_check (v int REFERENCES deferred_parent (id) DEFERRABLE INITIALLY DEFERRED);`)
+	require.NoError(t, err)
+	w := &keepFailsWorker{pool: db.Pool, result: make(chan error, 1)}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, w)
+	r, err := runner.New(db.Pool, &runner.Config{Workers: workers})
+	require.NoError(t, err)
+	require.NoError(t, r.Start(ctx))
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
+	require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		_, err := r.Enqueue(ctx, tx, keepFailsArgs{}, nil)
+		return err
+	}))
+	select {
+	case err := <-w.result:
+		require.Error(t, err)
+		require.NotErrorIs(t, err, errNextStep)
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker did not run")
+	}
+}

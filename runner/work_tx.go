@@ -31,7 +31,8 @@ type Beginner interface {
 // When fn returns an error the transaction rolls back and the error goes to
 // River, which retries the job per the retry policy, unless the error is
 // wrapped with KeepChanges: then what fn wrote is committed first (to record
-// a failed attempt, say). River's JobCancel and JobSnooze errors may be
+// a failed attempt, say), and the wrapped error is returned only if that
+// commit succeeded; otherwise WorkTx returns the commit's error. River's JobCancel and JobSnooze errors may be
 // returned, wrapped or not.
 //
 // If the job stopped running while fn ran (rescued, cancelled, or requeued by
@@ -54,7 +55,10 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 		commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if cerr := tx.Commit(commitCtx); cerr != nil {
-			return errors.Join(keep.err, fmt.Errorf("committing the attempt's record: %w", cerr))
+			// Not wrapping keep.err: what it meant (a snooze, a cancel, a
+			// step that the caller takes next) rests on a record that was
+			// not written. The job fails and is retried.
+			return fmt.Errorf("committing the record of %q: %w", keep.err.Error(), cerr)
 		}
 		return keep.err
 	}

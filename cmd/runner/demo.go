@@ -15,6 +15,7 @@ import (
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/internal/app"
 	"github.com/pgonce/pgonce/internal/demo"
+	"github.com/pgonce/pgonce/internal/inspect"
 	"github.com/pgonce/pgonce/internal/smtpsink"
 	"github.com/pgonce/pgonce/jobs"
 )
@@ -34,18 +35,21 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	concurrency := fs.int("concurrency", "DEMO_CONCURRENCY", 32, "users signing up at once")
 	smtpFaults := fs.float("smtp-fault-rate", "DEMO_SMTP_FAULT_RATE", 0.03, "share of SMTP conversations the sink rejects temporarily (451), to exercise retries")
 	smtpDrops := fs.float("smtp-drop-rate", "DEMO_SMTP_DROP_RATE", 0, "share of SMTP conversations the sink drops after receiving the data (in-doubt sends, delivered twice with one Message-ID)")
+	smtpAcceptDrops := fs.float("smtp-accept-drop-rate", "DEMO_SMTP_ACCEPT_DROP_RATE", 0.01, "share of SMTP conversations the sink drops right after accepting the message (delivered; the sender's next command fails)")
 	payments := fs.int("payments", "DEMO_PAYMENTS", 2000, "payments submitted (0 skips the payment workload)")
 	gwTimeout := fs.duration("gateway-timeout", "GATEWAY_TIMEOUT", 300*time.Millisecond, "timeout of each charge request")
 	syncDuration := fs.duration("sync-duration", "DEMO_SYNC_DURATION", 8*time.Second, "how long writers change the sync source concurrently (0 skips the sync workload)")
 	syncBulk := fs.int("sync-bulk", "DEMO_SYNC_BULK", 20_000, "rows written at once and synced alone first, to measure the sync rate")
 	gwFaults := faultFlags(fs, gateway.Faults{ServerError: 0.05, TimeoutAfterCharge: 0.03, Decline: 0.03, RateLimit: 0.02})
 	drainTimeout := fs.duration("drain-timeout", "DEMO_DRAIN_TIMEOUT", 3*time.Minute, "how long to wait for every email and charge after the last request")
+	keep := fs.bool("keep", "", false, "keep the throwaway database running after the audit (until Ctrl-C), to look at it with runner inspect or psql")
 	rc := runnerFlags(fs, 200*time.Millisecond)
 	logLevel := fs.string("log-level", "LOG_LEVEL", "warn", "log level: debug, info, warn or error")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	if *users < 1 || *payments < 0 || *concurrency < 1 || *dupShare < 0 || *dupShare > 1 || *smtpFaults < 0 || *smtpDrops < 0 || *smtpFaults+*smtpDrops > 1 {
+	if *users < 1 || *payments < 0 || *concurrency < 1 || *dupShare < 0 || *dupShare > 1 || *smtpFaults < 0 || *smtpDrops < 0 ||
+		*smtpAcceptDrops < 0 || *smtpFaults+*smtpDrops+*smtpAcceptDrops > 1 {
 		return fmt.Errorf("%w: users and concurrency must be positive, rates between 0 and 1", errUsage)
 	}
 	logger, err := newLogger(stderr, "text", *logLevel)
@@ -64,18 +68,19 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer sink.Close()
-	logf("SMTP sink at %s (temporary rejections %.1f%%, drops after data %.1f%%)", sink.Addr(), 100**smtpFaults, 100**smtpDrops)
+	logf("SMTP sink at %s (temporary rejections %.1f%%, drops after data %.1f%%, drops after accepting %.1f%%)",
+		sink.Addr(), 100**smtpFaults, 100**smtpDrops, 100**smtpAcceptDrops)
 	var faults []smtpsink.Fault
 	for _, f := range []struct {
 		rate  float64
 		fault smtpsink.Fault
-	}{{*smtpFaults, smtpsink.FaultTempReject}, {*smtpDrops, smtpsink.FaultDropAfterData}} {
+	}{{*smtpFaults, smtpsink.FaultTempReject}, {*smtpDrops, smtpsink.FaultDropAfterData}, {*smtpAcceptDrops, smtpsink.FaultDropAfterAccept}} {
 		// Weight the fault kinds by their rates.
 		for range int(f.rate * 1000) {
 			faults = append(faults, f.fault)
 		}
 	}
-	sink.SetFaultRate(*smtpFaults+*smtpDrops, faults...)
+	sink.SetFaultRate(*smtpFaults+*smtpDrops+*smtpAcceptDrops, faults...)
 	sender, err := mailerFor(sink)
 	if err != nil {
 		return err
@@ -222,14 +227,24 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(samples) > 0 {
 		fmt.Fprintf(stdout, "sample failed requests:\n  %s\n", strings.Join(samples, "\n  "))
 	}
-	if waitErr != nil {
-		return waitErr
+	if summary, err := inspect.LoadSummary(auditCtx, db.Pool); err == nil {
+		fmt.Fprintln(stdout, "\nWhat runner inspect shows now:")
+		_ = printSummary(stdout, summary)
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d invariant(s) failed, first: %s = %s, expected %s", len(failed), failed[0].Name, failed[0].Value, failed[0].Expected)
+	var result error
+	switch {
+	case waitErr != nil:
+		result = waitErr
+	case len(failed) > 0:
+		result = fmt.Errorf("%d invariant(s) failed, first: %s = %s, expected %s", len(failed), failed[0].Name, failed[0].Value, failed[0].Expected)
+	default:
+		fmt.Fprintln(stdout, "\nevery invariant holds")
 	}
-	fmt.Fprintln(stdout, "every invariant holds")
-	return nil
+	if *keep && db.Embedded != nil {
+		fmt.Fprintf(stdout, "\nthe database stays up until Ctrl-C:\n  DATABASE_URL='%s' bin/runner inspect\n  psql '%s'\n", db.URL, db.URL)
+		<-ctx.Done()
+	}
+	return result
 }
 
 func randomHex(n int) string {

@@ -30,6 +30,7 @@ Usage:
   runner migrate up|down|status     manage the schema (River's tables included) in DATABASE_URL
   runner gateway [flags]            run the reference payment gateway (with fault injection)
   runner sync [flags] SOURCE        sync a data source of SYNC_SOURCES now, with progress
+  runner inspect [job ID|key KEY]   what the database knows: a summary, or the story of a job or an Idempotency-Key
 
 Run "runner <command> -h" for a command's flags.`
 
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = gatewayCommand(ctx, args[1:], stdout, stderr)
 	case "sync":
 		err = syncCommand(ctx, args[1:], stdout, stderr)
+	case "inspect":
+		err = inspectCommand(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0

@@ -209,6 +209,7 @@ func AuditSignups(ctx context.Context, pool *pgxpool.Pool, sink *smtpsink.Sink, 
 	a.expect("emails delivered twice but not marked in doubt", unflaggedDuplicates, 0)
 	a.info("SMTP temporary rejections injected", strconv.Itoa(stats.FaultsInjected[smtpsink.FaultTempReject]))
 	a.info("SMTP drops after data injected", strconv.Itoa(stats.FaultsInjected[smtpsink.FaultDropAfterData]))
+	a.info("SMTP drops after accepting injected", strconv.Itoa(stats.FaultsInjected[smtpsink.FaultDropAfterAccept]))
 	a.info("send attempts", strconv.FormatInt(attempts, 10))
 	a.info("  of them failed and retried", strconv.FormatInt(notSent, 10))
 	a.info("signup requests/s", fmt.Sprintf("%.0f", float64(reqs)/res.Elapsed.Seconds()))

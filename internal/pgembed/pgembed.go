@@ -53,6 +53,34 @@ type Server struct {
 	Kind string
 
 	stop func(ctx context.Context) error
+	ctl  func(ctx context.Context, args ...string) error // pg_ctl, for a local server
+}
+
+// Restart stops the server with a fast shutdown (every session is cut off,
+// as in an outage or a failover) and starts it again on the same port. Only
+// for a local server.
+func (s *Server) Restart(ctx context.Context) error {
+	if s.ctl == nil {
+		return errors.New("pgembed: restart needs a local server")
+	}
+	return s.ctl(ctx, "-m", "fast", "-w", "-t", "60", "restart")
+}
+
+// Down stops the server (fast shutdown) without removing it; Up starts it
+// again. Only for a local server.
+func (s *Server) Down(ctx context.Context) error {
+	if s.ctl == nil {
+		return errors.New("pgembed: needs a local server")
+	}
+	return s.ctl(ctx, "-m", "fast", "-w", "-t", "60", "stop")
+}
+
+// Up starts a server that Down stopped.
+func (s *Server) Up(ctx context.Context) error {
+	if s.ctl == nil {
+		return errors.New("pgembed: needs a local server")
+	}
+	return s.ctl(ctx, "-w", "-t", "60", "start")
 }
 
 // Stop shuts the server down and removes its files.
@@ -184,6 +212,14 @@ func StartLocal(ctx context.Context, binDir string, opts *Options) (*Server, err
 			srv := &Server{
 				URL:  fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
 				Kind: "local",
+			}
+			srv.ctl = func(ctx context.Context, args ...string) error {
+				all := append([]string{"-D", dataDir, "-l", filepath.Join(dir, "server.log")}, args...)
+				out, err := run(ctx, cred, dir, filepath.Join(binDir, "pg_ctl"), all...)
+				if err != nil {
+					return fmt.Errorf("pg_ctl %v: %w: %s", args, err, out)
+				}
+				return nil
 			}
 			srv.stop = func(ctx context.Context) error {
 				_, err := run(ctx, cred, dir, filepath.Join(binDir, "pg_ctl"), "-D", dataDir, "-m", "fast", "-w", "-t", "30", "stop")

@@ -33,10 +33,14 @@ const (
 	// FaultDropAfterData records the message and then closes the connection
 	// without answering: delivered, but the sender cannot know (in doubt).
 	FaultDropAfterData
+	// FaultDropAfterAccept records the message, answers 250 and then closes
+	// the connection: delivered, and the sender was told, but its next
+	// command (RSET, QUIT) fails.
+	FaultDropAfterAccept
 )
 
 func (f Fault) String() string {
-	return [...]string{"none", "temp_reject", "perm_reject", "drop_after_data"}[f]
+	return [...]string{"none", "temp_reject", "perm_reject", "drop_after_data", "drop_after_accept"}[f]
 }
 
 // Message is one recorded delivery.
@@ -208,15 +212,23 @@ func (s *Sink) NewSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type session struct {
-	sink  *Sink
-	conn  *smtp.Conn
-	fault Fault
-	hooks Hooks
-	from  string
-	to    []string
+	sink        *Sink
+	conn        *smtp.Conn
+	fault       Fault
+	hooks       Hooks
+	from        string
+	to          []string
+	dropOnReset bool
 }
 
-func (se *session) Reset() { se.from, se.to = "", nil }
+// Reset is called after each message's answer was written.
+func (se *session) Reset() {
+	se.from, se.to = "", nil
+	if se.dropOnReset {
+		se.dropOnReset = false
+		_ = se.conn.Conn().Close()
+	}
+}
 
 func (se *session) Logout() error { return nil }
 
@@ -255,6 +267,9 @@ func (se *session) Data(r io.Reader) error {
 	se.sink.mu.Unlock()
 	if se.hooks.AfterRecord != nil {
 		se.hooks.AfterRecord(msg)
+	}
+	if se.fault == FaultDropAfterAccept {
+		se.dropOnReset = true
 	}
 	if se.fault == FaultDropAfterData {
 		// Delivered, and the sender never hears so.
