@@ -29,6 +29,10 @@ build: ## Build bin/runner
 test: ## Run every test against a real PostgreSQL
 	$(GO) test -count=1 -timeout 20m $(TESTFLAGS) $(PKGS)
 
+.PHONY: chaos
+chaos: build ## Kill runners and restart PostgreSQL under load for a minute, then audit that nothing was lost or doubled
+	./bin/runner chaos $(ARGS)
+
 .PHONY: test/race
 test/race: ## Run every test with the race detector
 	$(GO) test -count=1 -race -timeout 30m $(TESTFLAGS) $(PKGS)

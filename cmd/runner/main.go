@@ -31,6 +31,7 @@ Usage:
   runner gateway [flags]            run the reference payment gateway (with fault injection)
   runner sync [flags] SOURCE        sync a data source of SYNC_SOURCES now, with progress
   runner inspect [job ID|key KEY]   what the database knows: a summary, or the story of a job or an Idempotency-Key
+  runner chaos [flags]              kill runners and restart PostgreSQL under load, then audit (make chaos)
 
 Run "runner <command> -h" for a command's flags.`
 
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = syncCommand(ctx, args[1:], stdout, stderr)
 	case "inspect":
 		err = inspectCommand(ctx, args[1:], stdout, stderr)
+	case "chaos":
+		err = chaosCommand(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0

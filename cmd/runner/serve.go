@@ -177,6 +177,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // runnerSettings are the runner's tuning flags, shared by serve and demo.
 type runnerSettings struct {
+	id              *string
 	emailWorkers    *int
 	paymentWorkers  *int
 	syncWorkers     *int
@@ -191,6 +192,7 @@ type runnerSettings struct {
 
 func runnerFlags(fs *flags, retryMin time.Duration) *runnerSettings {
 	return &runnerSettings{
+		id:              fs.string("runner-id", "RUNNER_ID", "", "this process's name among the runners of the database (default: host, pid and start time)"),
 		emailWorkers:    fs.int("email-workers", "EMAIL_WORKERS", 50, "jobs the email queue works at once"),
 		paymentWorkers:  fs.int("payment-workers", "PAYMENT_WORKERS", 50, "jobs the payment queue works at once"),
 		syncWorkers:     fs.int("sync-workers", "SYNC_WORKERS", 10, "jobs the sync queue works at once"),
@@ -209,6 +211,7 @@ func (s *runnerSettings) config() (*runner.Config, error) {
 		return nil, fmt.Errorf("%w: retry-min must be positive and at most retry-max", errUsage)
 	}
 	return &runner.Config{
+		ID:                   *s.id,
 		FetchCooldown:        *s.fetchCooldown,
 		JobTimeout:           *s.jobTimeout,
 		RescueStuckJobsAfter: *s.rescueAfter,

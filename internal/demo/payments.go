@@ -28,7 +28,9 @@ type Client struct {
 // with the same key, double-submit, and sometimes reuse a key with a changed
 // amount. Two clients use the same key strings, which must not mix.
 type Payments struct {
+	// BaseURL is where requests go, unless Targets is set (see Signups).
 	BaseURL string
+	Targets func() string
 	Clients []Client // at least one; payments alternate between them
 	RunID   string
 
@@ -49,6 +51,12 @@ type Payments struct {
 	// Concurrency is the number of payments in progress at once. Defaults to 32.
 	Concurrency int
 	Seed        uint64
+	// Spread dispatches the payments evenly over this long instead of at once.
+	Spread time.Duration
+	// ExpectOutages makes requests without an answer and 503s part of the
+	// run (runners killed, the database restarted): the clients retry them,
+	// and the audit counts them without failing on them.
+	ExpectOutages bool
 
 	Client   *http.Client
 	Progress io.Writer
@@ -100,6 +108,7 @@ type PaymentsResult struct {
 	ReplayAttempts  int64
 	ClientTimeouts  int64
 	Unavailable503  int64
+	Unanswered      int64 // no HTTP answer (connection refused or cut) other than the client's own cut-off
 	OtherFailures   int64
 	FailureSamples  []string
 	ReplayMismatch  int64 // a replay whose body differed from the first answer
@@ -162,10 +171,17 @@ func (p *Payments) Run(ctx context.Context) (*PaymentsResult, error) {
 			}
 		}()
 	}
+	var every time.Duration
+	if p.Spread > 0 && len(res.Plans) > 0 {
+		every = p.Spread / time.Duration(len(res.Plans))
+	}
 	for i := range res.Plans {
 		select {
 		case work <- i:
 		case <-ctx.Done():
+		}
+		if every > 0 {
+			time.Sleep(every)
 		}
 	}
 	close(work)
@@ -216,7 +232,7 @@ func (p *Payments) pay(ctx context.Context, plan PaymentPlan) *payOutcome {
 	}
 	// submit retries until a final answer: 2xx or a 4xx other than 409.
 	submit := func(cutoff time.Duration) {
-		for attempt := 0; attempt < 50; attempt++ {
+		for attempt := 0; attempt < 300; attempt++ {
 			a := p.post(ctx, plan, body(plan.Amount), cutoff)
 			record(a)
 			cutoff = 0
@@ -226,7 +242,7 @@ func (p *Payments) pay(ctx context.Context, plan PaymentPlan) *payOutcome {
 			if ctx.Err() != nil {
 				return
 			}
-			time.Sleep(time.Duration(10+attempt*10) * time.Millisecond)
+			time.Sleep(time.Duration(10+min(attempt, 20)*10) * time.Millisecond)
 		}
 	}
 	var first time.Duration
@@ -273,7 +289,11 @@ func (p *Payments) post(ctx context.Context, plan PaymentPlan, body []byte, cuto
 		ctx, cancel = context.WithTimeout(ctx, cutoff)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.BaseURL+"/api/payments", bytes.NewReader(body))
+	base := p.BaseURL
+	if p.Targets != nil {
+		base = p.Targets()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/payments", bytes.NewReader(body))
 	if err != nil {
 		return payAnswer{err: err.Error()}
 	}
@@ -302,6 +322,9 @@ func (r *PaymentsResult) tally(plan PaymentPlan, out *payOutcome) {
 		switch {
 		case a.timedOut:
 			r.ClientTimeouts++
+		case a.err != "" && a.status == 0:
+			r.Unanswered++
+			r.sample(a.err)
 		case a.err != "":
 			r.OtherFailures++
 			r.sample(a.err)

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgonce/pgonce/api"
@@ -23,7 +24,10 @@ import (
 // Signups is the signup workload: Users users sign up, a share of them more
 // than once.
 type Signups struct {
+	// BaseURL is where requests go, unless Targets is set: then each request
+	// (and each retry) goes where it says, as to runners behind a balancer.
 	BaseURL string
+	Targets func() string
 	Token   string // API token; empty for anonymous access
 	RunID   string // makes this run's addresses unique: user00001@<RunID>.demo.example
 
@@ -37,9 +41,16 @@ type Signups struct {
 	Concurrency int
 	// Seed makes the plan repeatable.
 	Seed uint64
+	// Spread dispatches the users evenly over this long instead of at once.
+	Spread time.Duration
+	// Retry resends a request that got no answer or a 5xx (the address is
+	// the idempotency key of a signup) until RetryFor has passed.
+	RetryFor time.Duration
 
 	Client   *http.Client
 	Progress io.Writer
+
+	retried atomic.Int64
 }
 
 // SignupResult counts what the clients saw.
@@ -50,6 +61,10 @@ type SignupResult struct {
 	Failed     int64 // any other status, or no answer
 	Inserted   int64 // welcome_email.duplicate == false
 	Duplicates int64 // welcome_email.duplicate == true
+	// Retried counts requests resent after no answer or a 5xx.
+	Retried int64
+	// Answers are the 2xx answers, by user id: the job id each named.
+	Answers map[int64][]int64
 	// JobMismatches counts users whose answers named more than one job id.
 	JobMismatches int64
 	// UserMismatches counts users whose answers named more than one user id.
@@ -124,15 +139,23 @@ func (s *Signups) Run(ctx context.Context) (*SignupResult, error) {
 			}
 		}()
 	}
+	var every time.Duration
+	if s.Spread > 0 && len(plans) > 0 {
+		every = s.Spread / time.Duration(len(plans))
+	}
 	for _, p := range plans {
 		select {
 		case work <- p:
 		case <-ctx.Done():
 		}
+		if every > 0 {
+			time.Sleep(every)
+		}
 	}
 	close(work)
 	wg.Wait()
 	res.Elapsed = time.Since(start)
+	res.Retried = s.retried.Load()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
@@ -140,9 +163,10 @@ func (s *Signups) Run(ctx context.Context) (*SignupResult, error) {
 }
 
 type answer struct {
-	status int
-	body   api.CreateUserResponse
-	err    string
+	status  int
+	body    api.CreateUserResponse
+	err     string
+	retried bool
 }
 
 // signUp submits one user's signups per its pattern. Later submissions
@@ -180,9 +204,32 @@ func (s *Signups) signUp(ctx context.Context, p plan, bar *progress.Bar) []answe
 	return answers
 }
 
+func (s *Signups) base() string {
+	if s.Targets != nil {
+		return s.Targets()
+	}
+	return s.BaseURL
+}
+
+// post sends a signup, resending it while it gets no answer or a 5xx and
+// RetryFor allows (the retry of a signup whose answer was lost finds the
+// user).
 func (s *Signups) post(ctx context.Context, email string) answer {
+	deadline := time.Now().Add(s.RetryFor)
+	for {
+		a := s.postOnce(ctx, email)
+		if a.status != 0 && a.status < 500 || time.Now().After(deadline) || ctx.Err() != nil {
+			return a
+		}
+		a.retried = true
+		s.retried.Add(1)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (s *Signups) postOnce(ctx context.Context, email string) answer {
 	body, _ := json.Marshal(map[string]string{"email": email, "name": "Demo " + strings.SplitN(email, "@", 2)[0]})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.BaseURL+"/api/users", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base()+"/api/users", bytes.NewReader(body))
 	if err != nil {
 		return answer{err: err.Error()}
 	}
@@ -231,6 +278,10 @@ func (r *SignupResult) tally(answers []answer) {
 		jobIDs[a.body.WelcomeEmail.JobID] = true
 		if a.body.User != nil {
 			userIDs[a.body.User.ID] = true
+			if r.Answers == nil {
+				r.Answers = map[int64][]int64{}
+			}
+			r.Answers[a.body.User.ID] = append(r.Answers[a.body.User.ID], a.body.WelcomeEmail.JobID)
 		}
 	}
 	if len(jobIDs) > 1 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgonce/pgonce/api"
 	"github.com/pgonce/pgonce/datasync"
+	"github.com/pgonce/pgonce/internal/problem"
 	"github.com/pgonce/pgonce/internal/progress"
 	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/runner"
@@ -52,7 +53,9 @@ func SetupSourceTable(ctx context.Context, pool *pgxpool.Pool) error {
 // sync workers are restarted; then the writers stop, a last sync runs, and
 // the audit compares source and destination row by row.
 type Sync struct {
+	// BaseURL is where requests go, unless Targets is set (see Signups).
 	BaseURL string
+	Targets func() string
 	Token   string
 	Name    string // the source's name (SYNC_SOURCES)
 	Source  *pgxpool.Pool
@@ -69,6 +72,9 @@ type Sync struct {
 	Writers int
 	// RestartEvery restarts the sync workers this often. Defaults to 1.5 s.
 	RestartEvery time.Duration
+	// ExternalWorkers leaves the syncs to runners outside this workload
+	// (the chaos run's processes): no workers of its own, no restarts.
+	ExternalWorkers bool
 	// PageSize of a sync page. Defaults to 200.
 	PageSize int
 
@@ -91,6 +97,7 @@ type SyncResult struct {
 	HardRestarts   int64 // ... with a budget too short for the running page
 	FinalSyncs     int
 	RequestErrors  int64
+	WriterOutages  int64 // writer transactions cut off by the source going away
 	Elapsed        time.Duration
 	WriterError    error
 	lastRunnerStop error
@@ -140,18 +147,21 @@ func (s *Sync) Run(ctx context.Context) (*SyncResult, error) {
 	s.defaults()
 	res := &SyncResult{BulkRows: s.Bulk}
 	start := time.Now()
-	r, err := s.workers(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var r *runner.Runner
 	var rmu sync.Mutex
-	defer func() {
-		rmu.Lock()
-		defer rmu.Unlock()
-		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = r.Stop(stopCtx)
-	}()
+	if !s.ExternalWorkers {
+		var err error
+		if r, err = s.workers(ctx); err != nil {
+			return nil, err
+		}
+		defer func() {
+			rmu.Lock()
+			defer rmu.Unlock()
+			stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = r.Stop(stopCtx)
+		}()
+	}
 
 	// Bulk: rows sharing one transaction (and timestamp), synced alone.
 	if _, err := s.Source.Exec(ctx, `INSERT INTO `+SourceTable+` (id, name, amount)
@@ -198,6 +208,9 @@ func (s *Sync) Run(ctx context.Context) (*SyncResult, error) {
 	wg.Add(1)
 	go func() { // sync workers restarted, some of them hard
 		defer wg.Done()
+		if s.ExternalWorkers {
+			return
+		}
 		t := time.NewTicker(s.RestartEvery)
 		defer t.Stop()
 		for i := 0; ; i++ {
@@ -296,6 +309,14 @@ func (s *Sync) write(ctx context.Context, w int, res *SyncResult) error {
 			if errors.As(err, &pgErr) && pgErr.SQLState() == "40P01" {
 				continue // two writers updating the same rows: retry
 			}
+			if problem.Unavailable(err) {
+				// The source went away (the chaos run restarts it): whatever
+				// this transaction did or did not commit, the audit compares
+				// the final states.
+				atomic.AddInt64(&res.WriterOutages, 1)
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
 			return err
 		case late:
 			atomic.AddInt64(&res.LateCommits, 1)
@@ -303,19 +324,44 @@ func (s *Sync) write(ctx context.Context, w int, res *SyncResult) error {
 	}
 }
 
-// request asks for a sync over HTTP.
+// request asks for a sync over HTTP, asking again for up to 30 s while it
+// gets no answer or a 5xx.
 func (s *Sync) request(ctx context.Context, res *SyncResult) (*api.SyncResponse, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.BaseURL+"/api/sync/"+s.Name, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := s.requestOnce(ctx, res)
+		var transient *transientError
+		if err == nil || !errors.As(err, &transient) || time.Now().After(deadline) || ctx.Err() != nil {
+			return out, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// transientError is a request that got no answer or a 5xx.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+
+func (s *Sync) requestOnce(ctx context.Context, res *SyncResult) (*api.SyncResponse, error) {
+	base := s.BaseURL
+	if s.Targets != nil {
+		base = s.Targets()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/sync/"+s.Name, nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+s.Token)
 	resp, err := s.Client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, &transientError{err}
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 500 {
+		return nil, &transientError{fmt.Errorf("POST /api/sync/%s: %d %s", s.Name, resp.StatusCode, raw)}
+	}
 	if resp.StatusCode != http.StatusAccepted {
 		return nil, fmt.Errorf("POST /api/sync/%s: %d %s", s.Name, resp.StatusCode, raw)
 	}
@@ -333,7 +379,7 @@ func (s *Sync) request(ctx context.Context, res *SyncResult) (*api.SyncResponse,
 // syncToEnd asks for syncs until one that was new when asked for has
 // completed: it took its snapshot after this call began.
 func (s *Sync) syncToEnd(ctx context.Context, res *SyncResult, what string) error {
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(4 * time.Minute)
 	for time.Now().Before(deadline) {
 		out, err := s.request(ctx, res)
 		if err != nil {
@@ -347,7 +393,7 @@ func (s *Sync) syncToEnd(ctx context.Context, res *SyncResult, what string) erro
 			return nil
 		}
 	}
-	return fmt.Errorf("%s sync: not caught up within 2 minutes", what)
+	return fmt.Errorf("%s sync: not caught up within 4 minutes", what)
 }
 
 func (s *Sync) waitJob(ctx context.Context, id int64, deadline time.Time) error {

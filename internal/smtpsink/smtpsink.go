@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math/rand/v2"
 	"net"
 	"net/mail"
@@ -91,6 +92,8 @@ func Start() (*Sink, error) {
 	s.srv.MaxMessageBytes = 10 << 20
 	s.srv.ReadTimeout = 30 * time.Second
 	s.srv.WriteTimeout = 30 * time.Second
+	// Connections the sender drops (a killed process, a fault) are routine.
+	s.srv.ErrorLog = log.New(io.Discard, "", 0)
 	go func() {
 		defer close(s.done)
 		_ = s.srv.Serve(l)
