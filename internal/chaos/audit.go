@@ -196,14 +196,24 @@ func auditRun(ctx context.Context, in *auditInput) (*demo.Audit, int, error) {
 	violations := 0
 	for _, c := range a.Checks {
 		if !c.OK {
-			if v, err := strconv.Atoi(c.Value); err == nil && v > 0 {
-				violations += v
-			} else {
-				violations++
-			}
+			violations += violationCount(c)
 		}
 	}
 	return a, violations, nil
+}
+
+// violationCount is how far a failed check is off: the distance between
+// its value and what it had to be, and at least 1.
+func violationCount(c demo.Check) int {
+	v, err := strconv.Atoi(c.Value)
+	if err != nil {
+		return 1
+	}
+	want, err := strconv.Atoi(strings.TrimPrefix(c.Expected, "<= "))
+	if err != nil {
+		return 1
+	}
+	return max(1, v-want, want-v)
 }
 
 func faultList(m map[string]int) string {

@@ -131,6 +131,7 @@ func (f *fleet) start(ctx context.Context) (*proc, error) {
 	cmd := exec.Command(f.cfg.Binary, "serve")
 	cmd.Env = append(append([]string{}, f.env...), "LISTEN_ADDR="+addr, "RUNNER_ID="+id)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", id, err)
@@ -509,7 +510,11 @@ func drain(ctx context.Context, pool *pgxpool.Pool, w io.Writer) error {
 				return nil
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return errors.New("jobs still unfinished 5 minutes after the load")
 }

@@ -175,13 +175,19 @@ func (p *Payments) Run(ctx context.Context) (*PaymentsResult, error) {
 	if p.Spread > 0 && len(res.Plans) > 0 {
 		every = p.Spread / time.Duration(len(res.Plans))
 	}
+feed:
 	for i := range res.Plans {
 		select {
 		case work <- i:
 		case <-ctx.Done():
+			break feed
 		}
 		if every > 0 {
-			time.Sleep(every)
+			select {
+			case <-time.After(every):
+			case <-ctx.Done():
+				break feed
+			}
 		}
 	}
 	close(work)
@@ -268,15 +274,29 @@ func (p *Payments) pay(ctx context.Context, plan PaymentPlan) *payOutcome {
 	if !out.final {
 		return out
 	}
+	// followUp sends a follow-up until it gets an answer that says something
+	// about the key: a runner killed under the request, a database restart
+	// (503) or a 409 are retried like any client would.
+	followUp := func(b []byte) payAnswer {
+		var a payAnswer
+		for attempt := 0; attempt < 100; attempt++ {
+			a = p.post(ctx, plan, b, 0)
+			record(a)
+			transient := a.status == 0 || a.status == http.StatusServiceUnavailable || a.status == http.StatusConflict
+			if !transient || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(time.Duration(10+min(attempt, 20)*10) * time.Millisecond)
+		}
+		return a
+	}
 	if plan.replay {
-		a := p.post(ctx, plan, body(plan.Amount), 0)
-		record(a)
+		a := followUp(body(plan.Amount))
 		ok := a.replayed && bytes.Equal(a.body, out.firstBody)
 		out.replayOK = &ok
 	}
 	if plan.reuse {
-		a := p.post(ctx, plan, body(plan.Amount+1), 0)
-		record(a)
+		a := followUp(body(plan.Amount + 1))
 		ok := a.status == http.StatusUnprocessableEntity
 		out.reuse422 = &ok
 	}

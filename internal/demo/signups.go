@@ -143,13 +143,19 @@ func (s *Signups) Run(ctx context.Context) (*SignupResult, error) {
 	if s.Spread > 0 && len(plans) > 0 {
 		every = s.Spread / time.Duration(len(plans))
 	}
+feed:
 	for _, p := range plans {
 		select {
 		case work <- p:
 		case <-ctx.Done():
+			break feed
 		}
 		if every > 0 {
-			time.Sleep(every)
+			select {
+			case <-time.After(every):
+			case <-ctx.Done():
+				break feed
+			}
 		}
 	}
 	close(work)
