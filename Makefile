@@ -48,5 +48,5 @@ else
 endif
 
 .PHONY: bench
-bench: ## Run the Go benchmarks (each reports its figures against a baseline run in the same process)
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s $(PKGS)
+bench: build ## Measure against the commit ceiling and bare River in one run (about 4 minutes), print the table
+	./bin/runner bench $(ARGS)

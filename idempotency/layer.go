@@ -209,6 +209,20 @@ func (l *Layer) serve(w http.ResponseWriter, r *http.Request, next http.Handler,
 	// of running it again.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), l.cfg.RequestTimeout)
 	defer cancel()
+	// A stored answer is written in the transaction that did the work and
+	// never changes after (it is only deleted, past its lifetime): when one
+	// is there, a plain read answers the retry, in one round trip and
+	// without a transaction. Anything else (no answer yet, an expired one,
+	// an error) takes the transactional path below, which decides under
+	// the key's lock.
+	if key != "" {
+		if q, ok := l.cfg.DB.(querier); ok {
+			if st, err := lookup(ctx, q, principal, key); err == nil && st != nil && !st.expired {
+				l.answer(w, r, st, fp)
+				return
+			}
+		}
+	}
 	tx, err := l.cfg.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		problem.DatabaseError(w, r, err)
@@ -296,40 +310,66 @@ func (l *Layer) claim(ctx context.Context, w http.ResponseWriter, r *http.Reques
 		l.conflict(w, r)
 		return true, nil
 	}
-	var (
-		storedFP []byte
-		status   int
-		headers  map[string]string
-		body     []byte
-		expired  bool
-	)
-	err := tx.QueryRow(ctx, `
-		SELECT fingerprint, response_status, response_headers, response_body, expires_at <= now()
-		FROM idempotency_keys WHERE principal = $1 AND key = $2`, principal, key).
-		Scan(&storedFP, &status, &headers, &body, &expired)
+	st, err := lookup(ctx, tx, principal, key)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return false, nil
 	case err != nil:
 		return false, err
-	case expired:
+	case st == nil:
+		return false, nil
+	case st.expired:
 		// Past its lifetime but not purged yet: gone, like a purged one.
 		_, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2`, principal, key)
 		return false, err
-	case !bytes.Equal(storedFP, fp[:]):
+	}
+	l.answer(w, r, st, fp)
+	return true, nil
+}
+
+// storedAnswer is a row of idempotency_keys.
+type storedAnswer struct {
+	fingerprint []byte
+	status      int
+	headers     map[string]string
+	body        []byte
+	expired     bool
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// lookup returns the answer stored under (principal, key), or nil.
+func lookup(ctx context.Context, q querier, principal, key string) (*storedAnswer, error) {
+	var st storedAnswer
+	err := q.QueryRow(ctx, `
+		SELECT fingerprint, response_status, response_headers, response_body, expires_at <= now()
+		FROM idempotency_keys WHERE principal = $1 AND key = $2`, principal, key).
+		Scan(&st.fingerprint, &st.status, &st.headers, &st.body, &st.expired)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// answer replays st, or answers 422 when the request is not the one st
+// answered.
+func (l *Layer) answer(w http.ResponseWriter, r *http.Request, st *storedAnswer, fp [32]byte) {
+	if !bytes.Equal(st.fingerprint, fp[:]) {
 		l.stats.mismatches.Add(1)
 		problem.Write(w, r, problem.New(http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency-Key reused",
 			"This key was used with a different request (method, path or body). Use a new key for a new request."))
-		return true, nil
+		return
 	}
 	l.stats.replays.Add(1)
-	rec := &recorder{header: http.Header{}, status: status}
-	for k, v := range headers {
+	rec := &recorder{header: http.Header{}, status: st.status}
+	for k, v := range st.headers {
 		rec.header.Set(k, v)
 	}
-	rec.body.Write(body)
+	rec.body.Write(st.body)
 	rec.writeTo(w, http.Header{ReplayedHeader: {"true"}})
-	return true, nil
 }
 
 func (l *Layer) conflict(w http.ResponseWriter, r *http.Request) {

@@ -109,18 +109,37 @@ func SubmitPayment(ctx context.Context, r *runner.Runner, tx pgx.Tx, req *paymen
 type ProcessPaymentWorker struct {
 	river.WorkerDefaults[ProcessPaymentArgs]
 
-	Pool    *pgxpool.Pool
+	Pool *pgxpool.Pool
+	// TxDB begins the worker's two transactions: a *runner.Group to commit
+	// many jobs' transactions together. Defaults to Pool.
+	TxDB    runner.Beginner
 	Gateway gateway.Gateway
 }
+
+func (w *ProcessPaymentWorker) txDB() runner.Beginner {
+	if w.TxDB != nil {
+		return w.TxDB
+	}
+	return w.Pool
+}
+
+// NoGatewaySnooze is how long a payment job waits when the runner that took
+// it has no gateway configured.
+const NoGatewaySnooze = time.Minute
 
 // errCall ends the first transaction: commit the attempt, then call.
 var errCall = errors.New("marked processing; call the gateway")
 
 // Work implements river.Worker.
 func (w *ProcessPaymentWorker) Work(ctx context.Context, job *river.Job[ProcessPaymentArgs]) error {
+	if w.Gateway == nil {
+		// This runner only accepts payments: leave the job, untouched and
+		// without using an attempt, to a runner that has a gateway.
+		return river.JobSnooze(NoGatewaySnooze)
+	}
 	id := job.Args.PaymentID
 	var p *payment.Payment
-	err := runner.WorkTx(ctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+	err := runner.WorkTx(ctx, w.txDB(), job, func(ctx context.Context, tx pgx.Tx) error {
 		var err error
 		p, err = payment.Lock(ctx, tx, id)
 		if errors.Is(err, payment.ErrNotFound) {
@@ -154,7 +173,7 @@ func (w *ProcessPaymentWorker) Work(ctx context.Context, job *river.Job[ProcessP
 		declined    *gateway.DeclinedError
 		rateLimited *gateway.RateLimitedError
 	)
-	return runner.WorkTx(rctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+	return runner.WorkTx(rctx, w.txDB(), job, func(ctx context.Context, tx pgx.Tx) error {
 		p, err := payment.Lock(ctx, tx, id)
 		if err != nil {
 			return err

@@ -11,11 +11,16 @@ import (
 	"github.com/pgonce/pgonce/datasync"
 	"github.com/pgonce/pgonce/gateway"
 	"github.com/pgonce/pgonce/mailer"
+	"github.com/pgonce/pgonce/runner"
 )
 
 // Deps are what the workers need.
 type Deps struct {
-	Pool   *pgxpool.Pool
+	Pool *pgxpool.Pool
+	// TxDB is where the email and payment workers begin their transactions:
+	// a *runner.Group commits many jobs' transactions together (group
+	// commit). Defaults to Pool, one commit per transaction.
+	TxDB   runner.Beginner
 	Mailer mailer.Sender
 	// MailFrom is the sender address. Defaults to "welcome@" + MailDomain.
 	MailFrom string
@@ -39,14 +44,14 @@ func Register(workers *river.Workers, deps *Deps) error {
 		return errors.New("jobs: Deps needs Pool and Mailer")
 	}
 	if err := river.AddWorkerSafely(workers, &WelcomeEmailWorker{
-		Pool: deps.Pool, Mailer: deps.Mailer, From: deps.MailFrom, Domain: deps.MailDomain, LeaseFor: deps.EmailLeaseFor,
+		Pool: deps.Pool, TxDB: deps.TxDB, Mailer: deps.Mailer, From: deps.MailFrom, Domain: deps.MailDomain, LeaseFor: deps.EmailLeaseFor,
 	}); err != nil {
 		return err
 	}
-	if deps.Gateway != nil {
-		if err := river.AddWorkerSafely(workers, &ProcessPaymentWorker{Pool: deps.Pool, Gateway: deps.Gateway}); err != nil {
-			return err
-		}
+	// Registered even without a gateway, so that this runner accepts
+	// payments; their jobs then wait for a runner that has one.
+	if err := river.AddWorkerSafely(workers, &ProcessPaymentWorker{Pool: deps.Pool, TxDB: deps.TxDB, Gateway: deps.Gateway}); err != nil {
+		return err
 	}
 	if len(deps.Sources) > 0 {
 		for name := range deps.Sources {

@@ -108,7 +108,10 @@ func EnqueueWelcomeEmail(ctx context.Context, r *runner.Runner, tx pgx.Tx, userI
 type WelcomeEmailWorker struct {
 	river.WorkerDefaults[WelcomeEmailArgs]
 
-	Pool   *pgxpool.Pool
+	Pool *pgxpool.Pool
+	// TxDB begins the claim and record transactions: a *runner.Group to
+	// commit many jobs' transactions together. Defaults to Pool.
+	TxDB   runner.Beginner
 	Mailer mailer.Sender
 	// From is the sender address. Defaults to "welcome@" + Domain.
 	From string
@@ -144,7 +147,7 @@ func (w *WelcomeEmailWorker) Work(ctx context.Context, job *river.Job[WelcomeEma
 		leaseFor = EmailLeaseDefault
 	}
 	var claim *emaillog.Claim
-	err := runner.WorkTx(ctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+	err := runner.WorkTx(ctx, w.txDB(), job, func(ctx context.Context, tx pgx.Tx) error {
 		var err error
 		claim, err = emaillog.ClaimSend(ctx, tx, args.UserID, args.EmailType,
 			emaillog.MessageID(args.UserID, args.EmailType, w.domain()), job.ID, job.Attempt, leaseFor)
@@ -193,7 +196,7 @@ func (w *WelcomeEmailWorker) Work(ctx context.Context, job *river.Job[WelcomeEma
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	finished = true
-	return runner.WorkTx(rctx, w.Pool, job, func(ctx context.Context, tx pgx.Tx) error {
+	return runner.WorkTx(rctx, w.txDB(), job, func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := emaillog.Lock(ctx, tx, args.UserID, args.EmailType); err != nil {
 			return err
 		}
@@ -238,6 +241,13 @@ func sendResult(sendErr error, earlierInDoubt bool) emaillog.Result {
 	default:
 		return emaillog.Result{Outcome: emaillog.OutcomeNotSent, Status: emaillog.StatusSending, Error: sendErr.Error(), InDoubt: earlierInDoubt}
 	}
+}
+
+func (w *WelcomeEmailWorker) txDB() runner.Beginner {
+	if w.TxDB != nil {
+		return w.TxDB
+	}
+	return w.Pool
 }
 
 func (w *WelcomeEmailWorker) from() string {

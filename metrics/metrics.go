@@ -26,6 +26,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/pgonce/pgonce/idempotency"
+	"github.com/pgonce/pgonce/runner"
 )
 
 // Metrics holds the collectors, in a registry of their own.
@@ -85,6 +86,24 @@ func (m *Metrics) Handler() http.Handler {
 // WatchIdempotency adds a layer's counters (pgonce_idempotency_total).
 func (m *Metrics) WatchIdempotency(stats func() idempotency.Stats) {
 	m.idempotencyFns = append(m.idempotencyFns, stats)
+}
+
+// WatchGroup adds a group commit's counters (pgonce_group_*).
+func (m *Metrics) WatchGroup(stats func() runner.GroupStats) {
+	counter := func(name, help string, v func(runner.GroupStats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(v(stats())) })
+	}
+	m.Registry.MustRegister(
+		counter("pgonce_group_commits_total", "Group transactions committed (each carries one or more jobs' transactions).",
+			func(s runner.GroupStats) int64 { return s.Commits }),
+		counter("pgonce_group_jobs_total", "Jobs' transactions committed by group commits.",
+			func(s runner.GroupStats) int64 { return s.Jobs }),
+		counter("pgonce_group_rolled_back_total", "Jobs' transactions rolled back to their savepoint, the rest of their group untouched.",
+			func(s runner.GroupStats) int64 { return s.RolledBack }),
+		counter("pgonce_group_failed_total", "Group transactions that failed to commit (their jobs are retried).",
+			func(s runner.GroupStats) int64 { return s.Failed }),
+	)
 }
 
 // RiverMiddleware counts inserts, duplicates and attempts and times work.

@@ -4,3 +4,6 @@ import "context"
 
 // RequeueOrphans runs the orphan sweep now.
 func (r *Runner) RequeueOrphans(ctx context.Context) { r.requeueOrphans(ctx) }
+
+// PretendWaiting counts delta more jobs as waiting for lane i of g.
+func PretendWaiting(g *Group, i int, delta int32) { g.lanes[i].queued.Add(delta) }

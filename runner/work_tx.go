@@ -39,6 +39,9 @@ type Beginner interface {
 // a shutdown), the completion fails, everything rolls back and WorkTx returns
 // ErrJobNotRunning.
 func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T], fn func(ctx context.Context, tx pgx.Tx) error) error {
+	if g, ok := db.(*Group); ok && job.AttemptedAt != nil {
+		return workGroupTx(ctx, g, job.JobRow, fn)
+	}
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("beginning job transaction: %w", err)
@@ -46,21 +49,7 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 
 	if err := fn(ctx, tx); err != nil {
-		var keep *keepChangesError
-		if !errors.As(err, &keep) {
-			return err
-		}
-		// The job's context may be cancelled (a timeout, a shutdown): the
-		// record of the attempt must still be written.
-		commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if cerr := tx.Commit(commitCtx); cerr != nil {
-			// Not wrapping keep.err: what it meant (a snooze, a cancel, a
-			// step that the caller takes next) rests on a record that was
-			// not written. The job fails and is retried.
-			return fmt.Errorf("committing the record of %q: %w", keep.err.Error(), cerr)
-		}
-		return keep.err
+		return keepOrReturn(ctx, tx, err)
 	}
 
 	// The effect is done: its record and the completion must not be lost to
@@ -82,6 +71,51 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 		return fmt.Errorf("committing job %d: %w", job.ID, err)
 	}
 	return nil
+}
+
+// workGroupTx is WorkTx on a Group: the job's savepoint starts by locking
+// the job's row (it must still be this run's), and the job is completed
+// with the rest of its batch, just before the batch commits.
+func workGroupTx(ctx context.Context, g *Group, job *rivertype.JobRow, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	tx, err := g.begin(ctx, &jobRun{id: job.ID, attemptedAt: *job.AttemptedAt})
+	if err != nil {
+		if errors.Is(err, ErrJobNotRunning) {
+			return err
+		}
+		return fmt.Errorf("beginning job transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+
+	if err := fn(ctx, tx); err != nil {
+		return keepOrReturn(ctx, tx, err)
+	}
+	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := tx.commit(finishCtx, true); err != nil {
+		return fmt.Errorf("committing job %d: %w", job.ID, err)
+	}
+	return nil
+}
+
+// keepOrReturn handles fn's error: a KeepChanges error commits what fn
+// wrote, then hands on the error it wraps; any other error is returned as it
+// is, and the caller's deferred Rollback undoes fn's writes.
+func keepOrReturn(ctx context.Context, tx pgx.Tx, err error) error {
+	var keep *keepChangesError
+	if !errors.As(err, &keep) {
+		return err
+	}
+	// The job's context may be cancelled (a timeout, a shutdown): the
+	// record of the attempt must still be written.
+	commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if cerr := tx.Commit(commitCtx); cerr != nil {
+		// Not wrapping keep.err: what it meant (a snooze, a cancel, a step
+		// that the caller takes next) rests on a record that was not
+		// written. The job fails and is retried.
+		return fmt.Errorf("committing the record of %q: %w", keep.err.Error(), cerr)
+	}
+	return keep.err
 }
 
 // KeepChanges wraps err so that WorkTx commits what fn wrote before handing

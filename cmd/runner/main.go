@@ -7,6 +7,9 @@
 //	runner migrate up|down|status
 //	runner gateway            the reference payment gateway
 //	runner sync SOURCE        sync a data source now
+//	runner inspect            what the database knows, as tables
+//	runner chaos              kill runners and restart PostgreSQL under load, then audit
+//	runner bench              throughput and latency against the commit ceiling and bare River
 package main
 
 import (
@@ -32,6 +35,7 @@ Usage:
   runner sync [flags] SOURCE        sync a data source of SYNC_SOURCES now, with progress
   runner inspect [job ID|key KEY]   what the database knows: a summary, or the story of a job or an Idempotency-Key
   runner chaos [flags]              kill runners and restart PostgreSQL under load, then audit (make chaos)
+  runner bench [flags]              measure against the commit ceiling and bare River, print the table (make bench)
 
 Run "runner <command> -h" for a command's flags.`
 
@@ -67,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = inspectCommand(ctx, args[1:], stdout, stderr)
 	case "chaos":
 		err = chaosCommand(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = benchCommand(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0

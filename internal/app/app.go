@@ -44,6 +44,11 @@ type Options struct {
 	// AdminUser and AdminPassword guard /metrics and /riverui/.
 	AdminUser, AdminPassword string
 
+	// GroupCommit configures the group commit of the email and payment
+	// workers' transactions; NoGroupCommit gives each its own commit.
+	GroupCommit   runner.GroupConfig
+	NoGroupCommit bool
+
 	// Runner is the base runner configuration; Workers and Queues are filled
 	// in here.
 	Runner runner.Config
@@ -68,6 +73,7 @@ type Options struct {
 type App struct {
 	Pool    *pgxpool.Pool
 	Runner  *runner.Runner
+	Group   *runner.Group // nil with NoGroupCommit
 	API     *api.Server
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
@@ -89,9 +95,18 @@ func New(opts *Options) (*App, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	var txDB runner.Beginner = opts.Pool
+	var group *runner.Group
+	if !opts.NoGroupCommit {
+		g, err := runner.NewGroup(opts.Pool, &opts.GroupCommit)
+		if err != nil {
+			return nil, err
+		}
+		txDB, group = g, g
+	}
 	workers := river.NewWorkers()
 	if err := jobs.Register(workers, &jobs.Deps{
-		Pool: opts.Pool, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain, Gateway: opts.Gateway,
+		Pool: opts.Pool, TxDB: txDB, Mailer: opts.Mailer, MailFrom: opts.MailFrom, MailDomain: opts.MailDomain, Gateway: opts.Gateway,
 		EmailLeaseFor: opts.EmailLeaseFor,
 		Sources:       opts.Sources, SyncPageSize: opts.SyncPageSize,
 	}); err != nil {
@@ -107,6 +122,9 @@ func New(opts *Options) (*App, error) {
 		cfg.Logger = logger
 	}
 	m := metrics.New(opts.Pool, logger)
+	if group != nil {
+		m.WatchGroup(group.Stats)
+	}
 	cfg.Middleware = append(cfg.Middleware, m.RiverMiddleware()...)
 	// Traces through OpenTelemetry's global provider: a no-op unless one is
 	// installed (runner serve installs OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set).
@@ -141,7 +159,7 @@ func New(opts *Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &App{Pool: opts.Pool, Runner: r, API: srv, Metrics: m, Logger: logger, riverUI: ui}, nil
+	return &App{Pool: opts.Pool, Runner: r, Group: group, API: srv, Metrics: m, Logger: logger, riverUI: ui}, nil
 }
 
 // Start starts the workers and serves the API on addr ("127.0.0.1:0" picks
