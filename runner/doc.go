@@ -22,6 +22,13 @@
 //		})
 //	}
 //
+// PostgreSQL pays for durability per commit. Pass a Group instead of the pool
+// to WorkTx and many jobs' transactions commit together, each in its own
+// savepoint, each job completed with its effect (see Group):
+//
+//	group, err := runner.NewGroup(pool, nil)
+//	// in Work: runner.WorkTx(ctx, group, job, fn)
+//
 // Stop gives running jobs a budget and puts back in the queue, without using
 // an attempt, every job that does not finish in it.
 package runner

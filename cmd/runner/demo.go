@@ -98,6 +98,10 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	groupCfg, noGroup, err := rc.group()
+	if err != nil {
+		return err
+	}
 	// The sync queue is worked by the sync workload's own workers, which it
 	// restarts; this runner only enqueues syncs.
 	sizes := rc.queues()
@@ -132,6 +136,7 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	a, err := app.New(&app.Options{
 		Pool: db.Pool, Mailer: sender, Gateway: gw, MailDomain: jobs.DomainDefault,
 		Tokens: tokens, Runner: *cfg, Logger: logger, Sources: sources,
+		GroupCommit: groupCfg, NoGroupCommit: noGroup,
 	})
 	if err != nil {
 		return err

@@ -135,11 +135,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		db.Close()
 		return err
 	}
+	groupCfg, noGroup, err := rc.group()
+	if err != nil {
+		db.Close()
+		return err
+	}
 	a, err := app.New(&app.Options{
 		Pool: db.Pool, Mailer: sender, Gateway: gw, MailFrom: *mailFrom, MailDomain: *mailDomain, EmailLeaseFor: *emailLease,
 		Tokens: tokenMap, AdminUser: adminUser, AdminPassword: adminPassword, Runner: *cfg, Queues: rc.queues(), Logger: logger,
 		IdempotencyKeyLifetime: *keyLifetime, PurgeInterval: *purgeInterval, PaymentMaxAttempts: *paymentAttempts,
 		Sources: sources.sources, SyncIntervals: sources.intervals, SyncPageSize: *syncPageSize,
+		GroupCommit: groupCfg, NoGroupCommit: noGroup,
 	})
 	if err != nil {
 		db.Close()
@@ -188,6 +194,10 @@ type runnerSettings struct {
 	shutdownTimeout *time.Duration
 	retryMin        *time.Duration
 	retryMax        *time.Duration
+	groupCommit     *bool
+	groupLanes      *int
+	groupMaxBatch   *int
+	groupMaxDelay   *time.Duration
 }
 
 func runnerFlags(fs *flags, retryMin time.Duration) *runnerSettings {
@@ -203,7 +213,19 @@ func runnerFlags(fs *flags, retryMin time.Duration) *runnerSettings {
 		shutdownTimeout: fs.duration("shutdown-timeout", "SHUTDOWN_TIMEOUT", runner.ShutdownTimeoutDefault, "graceful shutdown budget"),
 		retryMin:        fs.duration("retry-min", "RETRY_MIN", retryMin, "delay before a failed job's first retry (doubling after)"),
 		retryMax:        fs.duration("retry-max", "RETRY_MAX", runner.BackoffMaxDefault, "longest delay between retries"),
+		groupCommit:     fs.bool("group-commit", "GROUP_COMMIT", true, "commit the email and payment jobs' transactions in groups (one commit for many jobs, each in its own savepoint); false gives each its own commit"),
+		groupLanes:      fs.int("group-lanes", "GROUP_LANES", 0, "group transactions open at once, each on its own connection (0: 8, or a quarter of the pool when that is fewer)"),
+		groupMaxBatch:   fs.int("group-max-batch", "GROUP_MAX_BATCH", runner.GroupMaxBatchDefault, "most jobs one group commit carries (1 to 60)"),
+		groupMaxDelay:   fs.duration("group-max-delay", "GROUP_MAX_DELAY", runner.GroupMaxDelayDefault, "longest a group stays open for more jobs while others keep arriving"),
 	}
+}
+
+// group returns the group commit settings, and whether group commit is off.
+func (s *runnerSettings) group() (cfg runner.GroupConfig, off bool, err error) {
+	if *s.groupLanes < 0 || *s.groupMaxBatch < 1 || *s.groupMaxBatch > 60 || *s.groupMaxDelay <= 0 {
+		return cfg, false, fmt.Errorf("%w: group-lanes must not be negative, group-max-batch must be 1 to 60, group-max-delay positive", errUsage)
+	}
+	return runner.GroupConfig{Lanes: *s.groupLanes, MaxBatch: *s.groupMaxBatch, MaxDelay: *s.groupMaxDelay}, !*s.groupCommit, nil
 }
 
 func (s *runnerSettings) config() (*runner.Config, error) {
