@@ -113,6 +113,13 @@ func TestCreateUser(t *testing.T) {
 	require.True(t, again.WelcomeEmail.Duplicate)
 	require.Equal(t, first.WelcomeEmail.JobID, again.WelcomeEmail.JobID)
 	require.Equal(t, first.User.ID, again.User.ID)
+	require.Equal(t, "Ada", first.User.Name)
+	// Users are shared by every API client: another request for the same
+	// mailbox learns its id, not what the first request stored.
+	require.Equal(t, "ADA@example.com", again.User.Email)
+	require.Empty(t, again.User.Name)
+	require.Nil(t, again.User.CreatedAt)
+	require.NotContains(t, string(raw), "Ada\"")
 
 	resp, raw = f.do(t, "GET", "/api/users/"+itoa(first.User.ID), "", "", asAdmin...)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(raw))

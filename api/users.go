@@ -27,9 +27,20 @@ type JobRef struct {
 
 // CreateUserResponse is the body of POST /api/users.
 type CreateUserResponse struct {
-	User         *signup.User `json:"user"`
-	Created      bool         `json:"created"`
-	WelcomeEmail JobRef       `json:"welcome_email"`
+	User         *UserView `json:"user"`
+	Created      bool      `json:"created"`
+	WelcomeEmail JobRef    `json:"welcome_email"`
+}
+
+// UserView is a user in the answer to POST /api/users. For a user that
+// existed already, only its id and the address the caller sent: users are
+// shared by every API client, and what another client stored (a name, the
+// address's spelling, when) is for the operator routes only.
+type UserView struct {
+	ID        int64      `json:"id"`
+	Email     string     `json:"email"`
+	Name      string     `json:"name,omitempty"`
+	CreatedAt *time.Time `json:"created_at,omitempty"`
 }
 
 // createUser finds or creates a user and enqueues the welcome email in the
@@ -69,8 +80,12 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 	if res.Created {
 		status = http.StatusCreated
 	}
+	user := &UserView{ID: res.User.ID, Email: email}
+	if res.Created {
+		user.Name, user.CreatedAt = res.User.Name, &res.User.CreatedAt
+	}
 	writeJSON(w, status, CreateUserResponse{
-		User:         res.User,
+		User:         user,
 		Created:      res.Created,
 		WelcomeEmail: JobRef{JobID: res.WelcomeEmail.JobID, Duplicate: res.WelcomeEmail.Duplicate},
 	})

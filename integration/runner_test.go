@@ -248,7 +248,7 @@ func postPayment(t *testing.T, baseURL, key, body string) (int, string) {
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := testdb.New(t, &testdb.Opts{Empty: true})
-	p := start(t, []string{"DATABASE_URL=" + db.URL}, "demo", "--users", "300", "--payments", "300",
+	p := start(t, []string{"DEMO_DATABASE_URL=" + db.URL}, "demo", "--users", "300", "--payments", "300",
 		"--smtp-fault-rate", "0.05", "--smtp-drop-rate", "0.02", "--retry-min", "50ms",
 		"--sync-duration", "3s", "--sync-bulk", "2000")
 	code := p.wait(t, 2*time.Minute)

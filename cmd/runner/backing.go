@@ -33,7 +33,7 @@ type database struct {
 func openDatabase(ctx context.Context, databaseURL string, migrateUp bool, logf func(string, ...any)) (*database, error) {
 	db := &database{URL: databaseURL}
 	if databaseURL == "" {
-		logf("no DATABASE_URL: starting a throwaway PostgreSQL (removed at exit)")
+		logf("starting a throwaway PostgreSQL (removed at exit)")
 		srv, err := pgembed.Start(ctx, &pgembed.Options{Logf: logf})
 		if err != nil {
 			return nil, err

@@ -20,10 +20,11 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"transactional worker with group commit, welcome emails over SMTP, payments through the gateway), the cost\n"+
 		"of dedupe at enqueue, POST /api/payments with new keys and replays, and throughput with millions of\n"+
 		"rows retained. Prints one table of figures and their ratios, and one of the targets.\n\n"+
-		"Without DATABASE_URL it starts a throwaway PostgreSQL (durable: fsync on). With one, it creates and drops\n"+
-		"databases named pgonce_bench_* there: use a server you can spare, not production.")
+		"It ignores DATABASE_URL and starts a throwaway PostgreSQL (durable: fsync on). With --database-url (or\n"+
+		"BENCH_DATABASE_URL) it creates and drops databases named pgonce_bench_* there: use a server you can spare,\n"+
+		"not production.")
 	fs.SetOutput(stderr)
-	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL server to measure (default: a throwaway server)")
+	databaseURL := fs.string("database-url", "BENCH_DATABASE_URL", "", "PostgreSQL server to measure, as a role that may create databases (default: a throwaway server)")
 	clients := fs.int("clients", "BENCH_CLIENTS", 0, "concurrency of the ceiling and dedupe loops, and pool size of every runner (default 32, the runner's pool size)")
 	duration := fs.duration("duration", "BENCH_DURATION", bench.DurationDefault, "length of each timed phase")
 	jobsN := fs.int("jobs", "BENCH_JOBS", bench.JobsDefault, "backlog each job scenario drains (emails and payments: half)")
@@ -52,7 +53,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 	url := *databaseURL
 	if url == "" {
-		logf("no DATABASE_URL: starting a throwaway PostgreSQL (durable settings; removed at exit)")
+		logf("starting a throwaway PostgreSQL (durable settings; removed at exit)")
 		srv, err := pgembed.Start(ctx, &pgembed.Options{Logf: logf, Settings: map[string]string{
 			// What a dedicated database server would have; durability
 			// (fsync, synchronous_commit, full_page_writes) stays on.

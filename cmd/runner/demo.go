@@ -23,13 +23,15 @@ import (
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "Usage: runner demo [flags]\n\n"+
 		"Starts the runner and its HTTP API (on a throwaway PostgreSQL, an in-process SMTP sink and an in-process\n"+
-		"reference payment gateway; DATABASE_URL overrides the database), drives it over HTTP with a signup\n"+
-		"workload (a share of users submit more than once) and a payment workload (clients retry after\n"+
-		"timeouts with the same Idempotency-Key, double-submit, reuse keys with another amount) with SMTP and\n"+
-		"gateway faults switched on, waits for every email and charge, and prints an audit of each.\n"+
-		"Exits 1 if an invariant fails.")
+		"reference payment gateway), drives it over HTTP with a signup workload (a share of users submit more\n"+
+		"than once), a payment workload (clients retry after timeouts with the same Idempotency-Key,\n"+
+		"double-submit, reuse keys with another amount) with SMTP and gateway faults switched on, and a data sync\n"+
+		"from a source table that concurrent writers keep changing; waits for every email, charge and sync, and\n"+
+		"prints an audit of each. Exits 1 if an invariant fails.\n\n"+
+		"It writes thousands of rows: it ignores DATABASE_URL, and uses a database of yours only when given\n"+
+		"--database-url (or DEMO_DATABASE_URL).")
 	fs.SetOutput(stderr)
-	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (default: a throwaway server)")
+	databaseURL := fs.string("database-url", "DEMO_DATABASE_URL", "", "PostgreSQL URL to run the demo in, which it fills with demo users and payments and a pgonce_demo_source database (default: a throwaway server)")
 	users := fs.int("users", "DEMO_USERS", 2000, "users signing up")
 	dupShare := fs.float("dup-share", "DEMO_DUP_SHARE", 1.0/3, "share of users submitting more than once")
 	concurrency := fs.int("concurrency", "DEMO_CONCURRENCY", 32, "users signing up at once")

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -33,59 +32,52 @@ func envUsage(env, usage string) string {
 	return usage + " [" + env + "]"
 }
 
+// The environment sets a flag's value, not its default: help and usage
+// errors show the built-in defaults, never a value from the environment (a
+// token, a password in a URL).
+
 func (f *flags) string(name, env, def, usage string) *string {
-	if v, ok := os.LookupEnv(env); ok && env != "" {
-		def = v
-	}
-	return f.String(name, def, envUsage(env, usage))
+	p := f.String(name, def, envUsage(env, usage))
+	f.fromEnv(name, env, "")
+	return p
 }
 
 func (f *flags) int(name, env string, def int, usage string) *int {
-	if v, ok := os.LookupEnv(env); ok && env != "" {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: not an integer", env, v))
-		} else {
-			def = n
-		}
-	}
-	return f.Int(name, def, envUsage(env, usage))
+	p := f.Int(name, def, envUsage(env, usage))
+	f.fromEnv(name, env, "not an integer")
+	return p
 }
 
 func (f *flags) float(name, env string, def float64, usage string) *float64 {
-	if v, ok := os.LookupEnv(env); ok && env != "" {
-		n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: not a number", env, v))
-		} else {
-			def = n
-		}
-	}
-	return f.Float64(name, def, envUsage(env, usage))
+	p := f.Float64(name, def, envUsage(env, usage))
+	f.fromEnv(name, env, "not a number")
+	return p
 }
 
 func (f *flags) duration(name, env string, def time.Duration, usage string) *time.Duration {
-	if v, ok := os.LookupEnv(env); ok && env != "" {
-		d, err := time.ParseDuration(strings.TrimSpace(v))
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: not a duration (e.g. 10s, 1m)", env, v))
-		} else {
-			def = d
-		}
-	}
-	return f.Duration(name, def, envUsage(env, usage))
+	p := f.Duration(name, def, envUsage(env, usage))
+	f.fromEnv(name, env, "not a duration (e.g. 10s, 1m)")
+	return p
 }
 
 func (f *flags) bool(name, env string, def bool, usage string) *bool {
-	if v, ok := os.LookupEnv(env); ok && env != "" {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: not a boolean", env, v))
-		} else {
-			def = b
-		}
+	p := f.Bool(name, def, envUsage(env, usage))
+	f.fromEnv(name, env, "not a boolean")
+	return p
+}
+
+// fromEnv sets flag name from the environment variable env, when set.
+func (f *flags) fromEnv(name, env, what string) {
+	if env == "" {
+		return
 	}
-	return f.Bool(name, def, envUsage(env, usage))
+	v, ok := os.LookupEnv(env)
+	if !ok {
+		return
+	}
+	if err := f.Lookup(name).Value.Set(strings.TrimSpace(v)); err != nil {
+		f.errs = append(f.errs, fmt.Errorf("%s=%q: %s", env, v, what))
+	}
 }
 
 // parse parses args and reports environment variables that did not parse.

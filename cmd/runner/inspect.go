@@ -23,6 +23,7 @@ func inspectCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.SetOutput(stderr)
 	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (required)")
 	gatewayURL := fs.string("gateway-url", "GATEWAY_URL", "", "also show the gateway's ledger entries of payments (the reference gateway's GET /v1/charges)")
+	gatewayToken := fs.string("gateway-token", "GATEWAY_TOKEN", "", "bearer token for the gateway")
 	client := fs.string("client", "", "", "key: only this client's (principal's) key")
 	asJSON := fs.bool("json", "", false, "print JSON instead of tables")
 	var rest []string
@@ -45,7 +46,7 @@ func inspectCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer db.Close()
-	opts := &inspect.Options{GatewayURL: strings.TrimRight(*gatewayURL, "/"), Principal: *client}
+	opts := &inspect.Options{GatewayURL: strings.TrimRight(*gatewayURL, "/"), GatewayToken: *gatewayToken, Principal: *client}
 
 	var out any
 	switch {

@@ -29,7 +29,7 @@ const usage = `runner: a PostgreSQL transactional-outbox job runner
 
 Usage:
   runner serve [flags]              HTTP API and workers against DATABASE_URL (--dev: throwaway database and SMTP sink)
-  runner demo [flags]               start everything on embedded defaults, drive a signup workload, print an audit
+  runner demo [flags]               start everything on embedded defaults, drive signups, payments and a data sync, print an audit
   runner migrate up|down|status     manage the schema (River's tables included) in DATABASE_URL
   runner gateway [flags]            run the reference payment gateway (with fault injection)
   runner sync [flags] SOURCE        sync a data source of SYNC_SOURCES now, with progress

@@ -38,3 +38,15 @@ func TestREADME_ServeFlagsDocumented(t *testing.T) {
 	}
 	require.Empty(t, missing, "not in the README's configuration table")
 }
+
+// The README's complete program is examples/invoice, verbatim: the file is
+// compiled by go build ./... and run by the integration tests.
+func TestREADME_CompleteProgramIsExamplesInvoice(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	prog, err := os.ReadFile("../../examples/invoice/main.go")
+	require.NoError(t, err)
+	require.True(t, strings.Contains(string(readme), "```go\n"+string(prog)+"```\n"),
+		"the README's complete program differs from examples/invoice/main.go")
+}

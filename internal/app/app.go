@@ -117,6 +117,12 @@ func New(opts *Options) (*App, error) {
 	cfg.Workers = workers
 	if cfg.Queues == nil {
 		cfg.Queues = jobs.Queues(opts.Queues)
+		if len(opts.Sources) == 0 {
+			// Without sources this process cannot work a sync: leave the
+			// sync queue to the runners that have them, instead of
+			// burning the attempts of their jobs.
+			delete(cfg.Queues, jobs.QueueSync)
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = logger

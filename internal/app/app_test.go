@@ -20,6 +20,8 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgonce/pgonce/datasync"
@@ -28,6 +30,7 @@ import (
 	"github.com/pgonce/pgonce/internal/problem"
 	"github.com/pgonce/pgonce/internal/smtpsink"
 	"github.com/pgonce/pgonce/internal/testdb"
+	"github.com/pgonce/pgonce/jobs"
 	"github.com/pgonce/pgonce/mailer"
 	"github.com/pgonce/pgonce/runner"
 )
@@ -51,8 +54,13 @@ type fixture struct {
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
+	return setupOn(t, testdb.New(t, &testdb.Opts{MaxConns: 30}), true)
+}
+
+// setupOn starts an app on db, with the "items" sync source or without any.
+func setupOn(t *testing.T, db *testdb.DB, withSource bool) *fixture {
+	t.Helper()
 	ctx := context.Background()
-	db := testdb.New(t, &testdb.Opts{MaxConns: 30})
 	sink, err := smtpsink.Start()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sink.Close() })
@@ -70,12 +78,16 @@ func setup(t *testing.T) *fixture {
 	require.NoError(t, err)
 	pg, err := datasync.NewPostgresSource(src.Pool, "items")
 	require.NoError(t, err)
+	sources := map[string]datasync.Source{"items": pg}
+	if !withSource {
+		sources = nil
+	}
 
 	a, err := app.New(&app.Options{
 		Pool: db.Pool, Mailer: m, Gateway: gwClient, Logger: quiet,
 		Tokens:    map[string]string{tokenA: "client-a", tokenB: "client-b"},
 		AdminUser: "ops", AdminPassword: adminPass,
-		Sources: map[string]datasync.Source{"items": pg},
+		Sources: sources,
 		Runner:  runner.Config{FetchPollInterval: 100 * time.Millisecond},
 	})
 	require.NoError(t, err)
@@ -265,6 +277,47 @@ func TestRequestID_IntoJobs(t *testing.T) {
 	require.NoError(t, f.db.Pool.QueryRow(context.Background(),
 		`SELECT metadata->>'request_id' FROM river_job WHERE kind = 'welcome_email'`).Scan(&rid))
 	require.Equal(t, "req-12345", rid)
+}
+
+// A runner without sync sources leaves sync jobs to the runners that have
+// them: it does not take them and burn their attempts.
+func TestSyncQueue_OnlyWhereSourcesAre(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testdb.New(t, &testdb.Opts{MaxConns: 40})
+	plain := setupOn(t, db, false)
+
+	// Another process enqueues a sync (as `runner sync items` does).
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &jobs.SyncWorker{})
+	enqueuer, err := runner.New(db.Pool, &runner.Config{Workers: workers, Logger: quiet})
+	require.NoError(t, err)
+	var syncJob int64
+	require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		res, err := jobs.EnqueueSync(ctx, enqueuer, tx, "items", jobs.SyncTrigger{By: "test"}, nil)
+		if err == nil {
+			syncJob = res.JobID
+		}
+		return err
+	}))
+	// Enqueued after the sync: once this email is sent, the runner has been
+	// fetching all along.
+	resp, _ := plain.do(t, "POST", "/api/users", `{"email":"fetching@example.com"}`, bearer(tokenA))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Eventually(t, func() bool { return len(plain.sink.Messages()) == 1 }, 20*time.Second, 20*time.Millisecond)
+	var state string
+	var attempt int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT state, attempt FROM river_job WHERE id = $1`, syncJob).Scan(&state, &attempt))
+	require.Equal(t, "available", state)
+	require.Zero(t, attempt)
+
+	// A runner with the source works it, on its first attempt.
+	setupOn(t, db, true)
+	require.Eventually(t, func() bool {
+		_ = db.Pool.QueryRow(ctx, `SELECT state, attempt FROM river_job WHERE id = $1`, syncJob).Scan(&state, &attempt)
+		return state == "completed"
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Equal(t, 1, attempt)
 }
 
 // The River UI, in a real browser (Debian's chromium, headless), loads

@@ -253,6 +253,8 @@ type Story struct {
 type Options struct {
 	// GatewayURL, when set, is asked for the charges of payments' keys.
 	GatewayURL string
+	// GatewayToken is the gateway's bearer token, if it needs one.
+	GatewayToken string
 	// Principal restricts a key's story to one client.
 	Principal string
 }
@@ -311,7 +313,7 @@ func LoadJob(ctx context.Context, pool *pgxpool.Pool, id int64, opts *Options) (
 			}
 		}
 	}
-	st.loadCharges(ctx, opts.GatewayURL)
+	st.loadCharges(ctx, opts.GatewayURL, opts.GatewayToken)
 	if len(st.Jobs) == 0 && len(st.Emails) == 0 && len(st.Payments) == 0 {
 		return nil, fmt.Errorf("%w: job %d", ErrNotFound, id)
 	}
@@ -368,7 +370,7 @@ func LoadKey(ctx context.Context, pool *pgxpool.Pool, key string, opts *Options)
 		}
 		rows.Close()
 	}
-	st.loadCharges(ctx, opts.GatewayURL)
+	st.loadCharges(ctx, opts.GatewayURL, opts.GatewayToken)
 	if len(st.Keys) == 0 && len(st.Payments) == 0 {
 		return nil, fmt.Errorf("%w: key %q", ErrNotFound, key)
 	}
@@ -431,7 +433,7 @@ func (st *Story) loadPayments(ctx context.Context, pool *pgxpool.Pool, where str
 }
 
 // loadCharges asks the gateway for the charges of the story's payments.
-func (st *Story) loadCharges(ctx context.Context, gatewayURL string) {
+func (st *Story) loadCharges(ctx context.Context, gatewayURL, token string) {
 	if gatewayURL == "" || len(st.Payments) == 0 {
 		return
 	}
@@ -440,11 +442,20 @@ func (st *Story) loadCharges(ctx context.Context, gatewayURL string) {
 		u := gatewayURL + "/v1/charges?idempotency_key=" + url.QueryEscape(p.GatewayKey)
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
-			continue
+			st.Notes = append(st.Notes, "gateway URL unusable: "+err.Error())
+			return
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
 		}
 		resp, err := client.Do(req)
 		if err != nil {
 			st.Notes = append(st.Notes, "gateway unreachable: "+err.Error())
+			return
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			st.Notes = append(st.Notes, fmt.Sprintf("gateway ledger refused: GET /v1/charges answered %s", resp.Status))
 			return
 		}
 		var charges []gateway.Charge
