@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -196,7 +197,8 @@ func (l *Layer) Middleware(next http.Handler) http.Handler {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		fp, err := Fingerprint(r.Method, r.URL, r.Header.Get("Content-Type"), body)
 		if err != nil {
-			problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", err.Error()))
+			problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body",
+				"The body is not valid JSON"+strings.TrimPrefix(err.Error(), ErrBodyInvalid.Error())+"."))
 			return
 		}
 		l.serve(w, r, next, principal, key, fp)

@@ -74,6 +74,15 @@ func NewSMTP(rawURL string) (*SMTP, error) {
 		return nil, fmt.Errorf("mailer: SMTP URL %q has no host", redact(u))
 	}
 	q := u.Query()
+	for name := range q {
+		if name != "tls" && name != "timeout" {
+			// A misspelt option would silently weaken the connection.
+			return nil, fmt.Errorf("mailer: SMTP URL option %q unknown: want tls or timeout", name)
+		}
+	}
+	if u.Scheme == "smtps" && q.Has("tls") {
+		return nil, errors.New("mailer: smtps:// always uses TLS: drop the tls option")
+	}
 	timeout := SMTPTimeoutDefault
 	if t := q.Get("timeout"); t != "" {
 		if timeout, err = time.ParseDuration(t); err != nil || timeout <= 0 {

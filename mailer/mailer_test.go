@@ -25,6 +25,7 @@ func TestNewSMTP_URL(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"http://mail.example.com", "smtp://", "smtp://h?tls=maybe", "smtp://h?timeout=soon", "smtp://h:port", "smtp://h?timeout=-1s",
+		"smtp://h?tsl=none", "smtp://h?tls=starttls&bogus=1", "smtps://h?tls=none",
 	} {
 		_, err := mailer.NewSMTP(bad)
 		require.Error(t, err, bad)

@@ -24,12 +24,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dev := fs.bool("dev", "", false, "development mode: a throwaway database when DATABASE_URL is unset, an in-process SMTP sink when SMTP_URL is unset, the reference gateway in process when GATEWAY_URL is unset, and a generated API token when API_TOKENS is unset")
 	databaseURL := fs.string("database-url", "DATABASE_URL", "", "PostgreSQL URL (required unless --dev)")
 	listen := fs.string("listen", "LISTEN_ADDR", "127.0.0.1:8080", "HTTP listen address")
-	smtpURL := fs.string("smtp-url", "SMTP_URL", "", "SMTP server, smtp://[user:pass@]host[:port][?tls=none|opportunistic|starttls] or smtps:// (required unless --dev)")
+	smtpURL := fs.string("smtp-url", "SMTP_URL", "", "SMTP server, smtp://[user:pass@]host[:port][?tls=none|opportunistic|starttls&timeout=15s] or smtps://[user:pass@]host[:port][?timeout=15s] (required unless --dev)")
 	mailFrom := fs.string("mail-from", "MAIL_FROM", "", "sender address of emails (default welcome@<mail-domain>)")
 	mailDomain := fs.string("mail-domain", "MAIL_DOMAIN", jobs.DomainDefault, "domain of Message-IDs")
 	emailLease := fs.duration("email-lease", "EMAIL_LEASE", jobs.EmailLeaseDefault, "how long a send attempt holds an email (longer than any SMTP conversation); a process killed mid-send delays the retry this long")
 	tokens := fs.string("api-tokens", "API_TOKENS", "", "API clients as principal:token pairs, comma-separated; tokens at least 16 characters (required unless --dev)")
-	adminCreds := fs.string("admin-credentials", "ADMIN_CREDENTIALS", "", "user:password for the operator routes /metrics and /riverui/ (HTTP Basic); unset, they refuse everyone (--dev generates some)")
+	adminCreds := fs.string("admin-credentials", "ADMIN_CREDENTIALS", "", "user:password (password 12+ characters) for the operator routes: /metrics, /riverui/, GET /api/users/{id}, GET /api/jobs/{id}, POST /api/jobs/{id}/retry (HTTP Basic); unset, they refuse everyone (--dev generates some)")
 	gatewayURL := fs.string("gateway-url", "GATEWAY_URL", "", "payment gateway base URL, speaking the reference gateway's protocol (required unless --dev)")
 	gatewayToken := fs.string("gateway-token", "GATEWAY_TOKEN", "", "bearer token for the gateway")
 	gatewayTimeout := fs.duration("gateway-timeout", "GATEWAY_TIMEOUT", gateway.ClientTimeoutDefault, "timeout of each charge request (a timeout is retried with the same key)")
@@ -89,7 +89,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		var b [12]byte
 		_, _ = rand.Read(b[:])
 		adminUser, adminPassword = "admin", hex.EncodeToString(b[:])
-		fmt.Fprintf(stdout, "dev operator credentials for /metrics and /riverui/: %s:%s\n", adminUser, adminPassword)
+		fmt.Fprintf(stdout, "dev operator credentials (/metrics, /riverui/, users and jobs routes): %s:%s\n", adminUser, adminPassword)
 	}
 	shutdownTracing, tracing, err := tracing.Setup(ctx, "pgonce")
 	if err != nil {
@@ -157,6 +157,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("serving", "url", a.URL(), "runner_id", a.Runner.ID(), "embedded_database", db.Embedded != nil)
 	fmt.Fprintf(stdout, "listening on %s\n", a.URL())
+	if db.Embedded != nil {
+		fmt.Fprintf(stdout, "throwaway database (removed at exit): %s\n  DATABASE_URL='%s' bin/runner inspect\n", db.URL, db.URL)
+	}
 
 	<-ctx.Done()
 	logger.Info("shutting down", "budget", cfg.ShutdownTimeout.String())

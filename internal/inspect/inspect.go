@@ -21,7 +21,7 @@ import (
 )
 
 // ErrNotFound is returned for a job or key with no trace in the database.
-var ErrNotFound = errors.New("inspect: not found")
+var ErrNotFound = errors.New("not found")
 
 // Duration marshals as a number of seconds.
 type Duration time.Duration
