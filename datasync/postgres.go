@@ -104,22 +104,37 @@ func (s *PostgresSource) Close() {
 }
 
 // TrackingSQL returns the statements that make table a source: an _xid
-// column (the writing transaction's id) and a version column (1, then +1 on
-// every update), kept by a trigger, and an index for the cursor.
+// column (the writing transaction's id) and a version column, kept by a
+// trigger, and an index for the cursor. Versions come from a sequence of the
+// table's own (<table>_pgonce_version_seq), so a row's version grows with
+// every write to it, also across a DELETE and a new INSERT of the same id:
+// the destination never keeps an older version in place of a newer one.
+// Running it again on a table set up before upgrades it.
 func TrackingSQL(table string) (string, error) {
 	t, err := sanitizeTable(table)
 	if err != nil {
 		return "", err
 	}
-	base := strings.ReplaceAll(strings.Trim(t, `"`), `"."`, "_")
+	parts := strings.Split(table, ".")
+	base := strings.Join(parts, "_")
+	seqParts := append(parts[:len(parts)-1:len(parts)-1], parts[len(parts)-1]+"_pgonce_version_seq")
+	seq := pgx.Identifier(seqParts).Sanitize()
 	return fmt.Sprintf(`
 ALTER TABLE %[1]s
     ADD COLUMN IF NOT EXISTS _xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1;
+CREATE SEQUENCE IF NOT EXISTS %[3]s;
+-- Above every version the table holds already (a table set up before).
+SELECT setval('%[3]s', greatest((SELECT max(version) FROM %[1]s), (SELECT last_value FROM %[3]s), 1));
 CREATE OR REPLACE FUNCTION pgonce_track_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW._xid := pg_current_xact_id();
-    IF TG_OP = 'UPDATE' THEN
+    IF TG_NARGS > 0 THEN
+        NEW.version := nextval(TG_ARGV[0]::regclass);
+        IF TG_OP = 'UPDATE' AND NEW.version <= OLD.version THEN
+            NEW.version := OLD.version + 1;
+        END IF;
+    ELSIF TG_OP = 'UPDATE' THEN
         NEW.version := OLD.version + 1;
     ELSE
         NEW.version := 1;
@@ -128,9 +143,9 @@ BEGIN
 END $$;
 DROP TRIGGER IF EXISTS pgonce_track_change ON %[1]s;
 CREATE TRIGGER pgonce_track_change BEFORE INSERT OR UPDATE ON %[1]s
-    FOR EACH ROW EXECUTE FUNCTION pgonce_track_change();
+    FOR EACH ROW EXECUTE FUNCTION pgonce_track_change('%[3]s');
 CREATE INDEX IF NOT EXISTS %[2]s ON %[1]s (_xid, id);
-`, t, pgx.Identifier{base + "_pgonce_xid_idx"}.Sanitize()), nil
+`, t, pgx.Identifier{base + "_pgonce_xid_idx"}.Sanitize(), seq), nil
 }
 
 type pgCursor struct {

@@ -63,9 +63,25 @@ func (p *Page) Validate() error {
 			return fmt.Errorf("%w: change %q has version %d, want >= 1", ErrBadData, c.ID, c.Version)
 		case len(c.Data) == 0 || !json.Valid(c.Data):
 			return fmt.Errorf("%w: change %q has data that is not JSON", ErrBadData, c.ID)
-		case strings.ContainsRune(c.ID, 0) || bytes.Contains(c.Data, []byte(`\u0000`)):
+		case strings.ContainsRune(c.ID, 0) || escapesNUL(c.Data):
 			return fmt.Errorf("%w: change %q holds a NUL character, which PostgreSQL text and jsonb cannot store", ErrBadData, c.ID)
 		}
 	}
 	return nil
+}
+
+// escapesNUL tells whether the JSON text data holds the escape \u0000 (a NUL
+// character in a string), telling it from an escaped backslash followed by
+// "u0000" (`\\u0000`, six ordinary characters).
+func escapesNUL(data []byte) bool {
+	for i := 0; i < len(data); i++ {
+		if data[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character: a backslash escapes only it
+		if i < len(data) && data[i] == 'u' && bytes.HasPrefix(data[i:], []byte("u0000")) {
+			return true
+		}
+	}
+	return false
 }

@@ -69,6 +69,13 @@ type Config struct {
 	// unless InsertOnly.
 	Workers *river.Workers
 
+	// Groups are the group commits (NewGroup) that this runner's workers
+	// pass to WorkTx. When jobs still run after the shutdown budget, Stop
+	// aborts the groups' open transactions (Group.Abort) before it puts those
+	// jobs back in the queue: a job's row stays locked by its group
+	// transaction until that transaction ends.
+	Groups []*Group
+
 	// InsertOnly makes a runner that enqueues but works nothing (an API
 	// process, a script). Start and Stop are then no-ops.
 	InsertOnly bool

@@ -154,6 +154,7 @@ func ExampleGroup() {
 	river.AddWorker(workers, &GroupInvoiceWorker{Group: group})
 	r, err := runner.New(pool, &runner.Config{
 		Workers: workers,
+		Groups:  []*runner.Group{group}, // so that Stop can end its transactions
 		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,16 @@ const (
 	// GroupStatementTimeoutDefault bounds each statement of a group
 	// transaction (PostgreSQL's statement_timeout, and the client's wait).
 	GroupStatementTimeoutDefault = 30 * time.Second
+
+	// GroupLockTimeoutDefault bounds a lock wait in a group transaction
+	// (PostgreSQL's lock_timeout): a job waiting longer leaves the group and
+	// runs again in a transaction of its own, instead of holding up its
+	// lane's other jobs.
+	GroupLockTimeoutDefault = time.Second
+
+	// GroupMaxWaitDefault bounds how long a job waits for its lane's turn
+	// before it runs in a transaction of its own.
+	GroupMaxWaitDefault = 250 * time.Millisecond
 )
 
 // GroupConfig configures a Group. The zero value of every field means its
@@ -66,6 +77,20 @@ type GroupConfig struct {
 	// Defaults to GroupStatementTimeoutDefault (30 s).
 	StatementTimeout time.Duration
 
+	// LockTimeout bounds a lock wait in a group transaction. A job whose
+	// transaction waits longer for a lock is rolled back to its savepoint and
+	// run again by WorkTx in a transaction of its own, where its wait holds
+	// up no other job and its context can interrupt it.
+	//
+	// Defaults to GroupLockTimeoutDefault (1 s).
+	LockTimeout time.Duration
+
+	// MaxWait bounds how long a job waits for its lane's turn (its lane busy
+	// with a slow job) before WorkTx runs it in a transaction of its own.
+	//
+	// Defaults to GroupMaxWaitDefault (250 ms).
+	MaxWait time.Duration
+
 	// Schema holds River's tables, as Config.Schema of the runner whose jobs
 	// the group commits. Empty means the connection's search_path.
 	Schema string
@@ -77,6 +102,7 @@ type GroupStats struct {
 	Jobs       int64 // jobs whose work those commits carried
 	RolledBack int64 // jobs whose work was rolled back to their savepoint
 	Failed     int64 // group transactions lost (commit failed, connection lost)
+	OutOfGroup int64 // jobs run in a transaction of their own: lane busy, or a lock wait timed out
 }
 
 // Group commits the transactions of many jobs together: a Beginner for
@@ -115,8 +141,11 @@ type Group struct {
 	jobTable string
 	lanes    []*lane
 	next     atomic.Uint32
-	stats    struct{ commits, jobs, rolledBack, failed atomic.Int64 }
+	stats    struct{ commits, jobs, rolledBack, failed, outOfGroup atomic.Int64 }
 }
+
+// errOutOfGroup tells WorkTx to run the job in a transaction of its own.
+var errOutOfGroup = errors.New("runner: job runs outside the group")
 
 // NewGroup returns a Group that takes its connections from pool.
 func NewGroup(pool *pgxpool.Pool, cfg *GroupConfig) (*Group, error) {
@@ -128,7 +157,7 @@ func NewGroup(pool *pgxpool.Pool, cfg *GroupConfig) (*Group, error) {
 		c = *cfg
 	}
 	switch {
-	case c.Lanes < 0 || c.MaxBatch < 0 || c.MaxDelay < 0 || c.StatementTimeout < 0:
+	case c.Lanes < 0 || c.MaxBatch < 0 || c.MaxDelay < 0 || c.StatementTimeout < 0 || c.LockTimeout < 0 || c.MaxWait < 0:
 		return nil, errors.New("runner: GroupConfig fields must not be negative")
 	case c.MaxBatch > 60:
 		return nil, fmt.Errorf("runner: GroupConfig.MaxBatch %d is over 60 (PostgreSQL caches 64 subtransactions per transaction)", c.MaxBatch)
@@ -145,6 +174,12 @@ func NewGroup(pool *pgxpool.Pool, cfg *GroupConfig) (*Group, error) {
 	}
 	if c.StatementTimeout == 0 {
 		c.StatementTimeout = GroupStatementTimeoutDefault
+	}
+	if c.LockTimeout == 0 {
+		c.LockTimeout = GroupLockTimeoutDefault
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = GroupMaxWaitDefault
 	}
 	if int32(c.Lanes) >= maxConns {
 		return nil, fmt.Errorf("runner: GroupConfig.Lanes %d must be below the pool's MaxConns %d", c.Lanes, maxConns)
@@ -166,6 +201,7 @@ func (g *Group) Stats() GroupStats {
 		Jobs:       g.stats.jobs.Load(),
 		RolledBack: g.stats.rolledBack.Load(),
 		Failed:     g.stats.failed.Load(),
+		OutOfGroup: g.stats.outOfGroup.Load(),
 	}
 }
 
@@ -174,8 +210,14 @@ func (g *Group) Stats() GroupStats {
 // Defer its Rollback as with any transaction; Commit waits for the group.
 // WorkTx does not call Begin: it starts the job's savepoint with a lock on
 // the job (see Group).
+//
+// When the lane stays busy for MaxWait, Begin returns a transaction of its
+// own from the pool instead.
 func (g *Group) Begin(ctx context.Context) (pgx.Tx, error) {
 	t, err := g.begin(ctx, nil)
+	if errors.Is(err, errOutOfGroup) {
+		return g.pool.Begin(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -191,9 +233,16 @@ type jobRun struct {
 func (g *Group) begin(ctx context.Context, job *jobRun) (*groupTx, error) {
 	l := g.pick()
 	l.queued.Add(1)
+	wait := time.NewTimer(g.cfg.MaxWait)
 	select {
 	case l.turn <- struct{}{}:
+		wait.Stop()
+	case <-wait.C:
+		l.queued.Add(-1)
+		g.stats.outOfGroup.Add(1)
+		return nil, errOutOfGroup
 	case <-ctx.Done():
+		wait.Stop()
 		l.queued.Add(-1)
 		return nil, ctx.Err()
 	}
@@ -205,6 +254,7 @@ func (g *Group) begin(ctx context.Context, job *jobRun) (*groupTx, error) {
 			return nil, fmt.Errorf("runner: group transaction: %w", err)
 		}
 		l.conn = conn
+		l.pid.Store(conn.Conn().PgConn().PID())
 		l.b = &batch{started: time.Now(), done: make(chan struct{})}
 	}
 	// One round trip: the transaction's start when it is the first job, the
@@ -216,7 +266,8 @@ func (g *Group) begin(ctx context.Context, job *jobRun) (*groupTx, error) {
 		// violation at COMMIT would fail every job of the batch, over and
 		// over, for one job's fault.
 		b.Queue("SET CONSTRAINTS ALL IMMEDIATE")
-		b.Queue("SET LOCAL statement_timeout = " + strconv.FormatInt(g.cfg.StatementTimeout.Milliseconds(), 10))
+		b.Queue(g.timeouts())
+		b.Queue("SELECT current_setting('search_path')")
 	}
 	b.Queue("SAVEPOINT pgonce_job")
 	if job != nil {
@@ -231,6 +282,9 @@ func (g *Group) begin(ctx context.Context, job *jobRun) (*groupTx, error) {
 			if _, err = br.Exec(); err != nil {
 				break
 			}
+		}
+		if err == nil {
+			err = br.QueryRow().Scan(&l.b.searchPath)
 		}
 	}
 	savepoint := false
@@ -276,6 +330,39 @@ func (g *Group) begin(ctx context.Context, job *jobRun) (*groupTx, error) {
 	return t, nil
 }
 
+// timeouts is the statement that sets the group transaction's timeouts.
+func (g *Group) timeouts() string {
+	return "SELECT set_config('statement_timeout', '" + strconv.FormatInt(g.cfg.StatementTimeout.Milliseconds(), 10) +
+		"', true), set_config('lock_timeout', '" + strconv.FormatInt(g.cfg.LockTimeout.Milliseconds(), 10) + "', true)"
+}
+
+// Abort ends every open group transaction at once, from another session
+// (pg_terminate_backend): their jobs get an error and nothing of theirs
+// commits; the locks they held are released. Runner.Stop calls it for the
+// groups in Config.Groups when jobs still run after the shutdown budget, so
+// that putting those jobs back in the queue does not wait for their locks.
+func (g *Group) Abort(ctx context.Context) error {
+	var pids []uint32
+	for _, l := range g.lanes {
+		if pid := l.pid.Load(); pid != 0 {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		return nil
+	}
+	// A lane whose batch ended meanwhile has given its connection back to
+	// the pool: only backends still in a transaction are ended.
+	_, err := g.pool.Exec(ctx, `
+		SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE pid = ANY($1) AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')
+		  AND xact_start IS NOT NULL`, pids)
+	if err != nil {
+		return fmt.Errorf("runner: aborting group transactions: %w", err)
+	}
+	return nil
+}
+
 // pick returns the lane with the fewest jobs waiting, starting the search
 // at a rotating lane so that ties spread.
 func (g *Group) pick() *lane {
@@ -299,17 +386,20 @@ type lane struct {
 	queued atomic.Int32  // jobs waiting for or holding the turn
 
 	conn *pgxpool.Conn
-	b    *batch // the open group transaction, nil when none
+	b    *batch        // the open group transaction, nil when none
+	pid  atomic.Uint32 // backend of the open group transaction, 0 when none
 }
 
 // batch is one group transaction.
 type batch struct {
-	started  time.Time
-	members  int     // jobs whose work it carries
-	complete []int64 // jobs it completes before its commit
-	timer    *time.Timer
-	done     chan struct{} // closed once committed or failed
-	err      error
+	started    time.Time
+	searchPath string  // the session's, restored after a job changed it
+	closing    bool    // a job changed settings: no job joins after it
+	members    int     // jobs whose work it carries
+	complete   []int64 // jobs it completes before its commit
+	timer      *time.Timer
+	done       chan struct{} // closed once committed or failed
+	err        error
 }
 
 func (l *lane) stmtCtx(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -321,7 +411,7 @@ func (l *lane) stmtCtx(ctx context.Context) (context.Context, context.CancelFunc
 // Otherwise a timer ends it, in case the jobs waiting give up.
 func (l *lane) leave() {
 	if b := l.b; b != nil {
-		if l.queued.Load() <= 1 || b.members >= l.g.cfg.MaxBatch || time.Since(b.started) >= l.g.cfg.MaxDelay {
+		if l.queued.Load() <= 1 || b.closing || b.members >= l.g.cfg.MaxBatch || time.Since(b.started) >= l.g.cfg.MaxDelay {
 			l.finish()
 		} else if b.timer == nil {
 			b.timer = time.AfterFunc(l.g.cfg.MaxDelay, func() { l.flush(b) })
@@ -397,6 +487,7 @@ func (l *lane) end(err error) {
 		// Whatever state the session is in, the pool must not reuse it.
 		_ = l.conn.Conn().Close(context.Background())
 	}
+	l.pid.Store(0)
 	l.conn.Release()
 	l.conn, l.b = nil, nil
 	if b.timer != nil {
@@ -414,6 +505,42 @@ type groupTx struct {
 	job    *jobRun // set through WorkTx
 	closed bool
 	nested int
+	// settings: the job ran a statement that may change settings (SET,
+	// RESET, set_config): they are restored before anyone else's work.
+	settings bool
+	// lockTimeout: a statement of the job gave up waiting for a lock.
+	lockTimeout bool
+}
+
+// changesSettings tells whether sql may change a setting of the transaction
+// (SET LOCAL, SET CONSTRAINTS, set_config(..., true)), which would carry
+// over to the jobs after it in the same transaction.
+func changesSettings(sql string) bool {
+	s := strings.ToLower(strings.TrimLeft(sql, " \t\r\n("))
+	return strings.HasPrefix(s, "set ") || strings.HasPrefix(s, "set\t") || strings.HasPrefix(s, "set\n") ||
+		strings.HasPrefix(s, "reset") || strings.Contains(s, "set_config") || strings.Contains(s, ";")
+}
+
+// note records what a statement's error says about the job's transaction.
+func (t *groupTx) note(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+		t.lockTimeout = true
+	}
+	return err
+}
+
+func (t *groupTx) saw(sql string) {
+	if !t.settings && changesSettings(sql) {
+		t.settings = true
+	}
+}
+
+// lockTimedOut tells whether the job's transaction failed for a lock wait
+// that timed out, so that it should run again outside the group.
+func (t *groupTx) lockTimedOut(err error) bool {
+	t.note(err)
+	return t.lockTimeout
 }
 
 var _ pgx.Tx = (*groupTx)(nil)
@@ -457,6 +584,25 @@ func (t *groupTx) commit(ctx context.Context, completeJob bool) error {
 		}
 		return pgx.ErrTxCommitRollback
 	}
+	if t.settings {
+		// The job may have changed settings: check its deferred
+		// constraints now, in its own savepoint, and put back what the
+		// batch's last statements rely on; no other job joins after it.
+		q := &pgx.Batch{}
+		q.Queue("SET CONSTRAINTS ALL IMMEDIATE")
+		q.Queue(l.g.timeouts())
+		q.Queue("SELECT set_config('search_path', $1, true)", b.searchPath)
+		ctx, cancel := l.stmtCtx(ctx)
+		err := l.conn.SendBatch(ctx, q).Close()
+		cancel()
+		if err != nil {
+			if rerr := t.rollback(); rerr != nil {
+				return rerr
+			}
+			return err
+		}
+		b.closing = true
+	}
 	b.members++
 	if completeJob && t.job != nil {
 		b.complete = append(b.complete, t.job.id)
@@ -496,22 +642,25 @@ func (t *groupTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Com
 	if err := t.check(); err != nil {
 		return pgconn.CommandTag{}, err
 	}
+	t.saw(sql)
 	ctx, cancel := t.l.stmtCtx(ctx)
 	defer cancel()
-	return t.l.conn.Exec(ctx, sql, args...)
+	tag, err := t.l.conn.Exec(ctx, sql, args...)
+	return tag, t.note(err)
 }
 
 func (t *groupTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	if err := t.check(); err != nil {
 		return nil, err
 	}
+	t.saw(sql)
 	ctx, cancel := t.l.stmtCtx(ctx)
 	rows, err := t.l.conn.Query(ctx, sql, args...)
 	if err != nil {
 		cancel()
-		return rows, err
+		return rows, t.note(err)
 	}
-	return &cancelRows{Rows: rows, cancel: cancel}, nil
+	return &cancelRows{Rows: rows, cancel: cancel, t: t}, nil
 }
 
 func (t *groupTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
@@ -523,8 +672,11 @@ func (t *groupTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults 
 	if err := t.check(); err != nil {
 		return errBatch{err}
 	}
+	for _, q := range b.QueuedQueries {
+		t.saw(q.SQL)
+	}
 	ctx, cancel := t.l.stmtCtx(ctx)
-	return &cancelBatch{BatchResults: t.l.conn.SendBatch(ctx, b), cancel: cancel}
+	return &cancelBatch{BatchResults: t.l.conn.SendBatch(ctx, b), cancel: cancel, t: t}
 }
 
 func (t *groupTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
@@ -581,7 +733,10 @@ func (s *savepoint) Rollback(ctx context.Context) error {
 		return pgx.ErrTxClosed
 	}
 	s.closed = true
-	_, err := s.parent.Exec(ctx, "ROLLBACK TO SAVEPOINT "+s.name+"; RELEASE SAVEPOINT "+s.name)
+	if _, err := s.parent.Exec(ctx, "ROLLBACK TO SAVEPOINT "+s.name); err != nil {
+		return err
+	}
+	_, err := s.parent.Exec(ctx, "RELEASE SAVEPOINT "+s.name)
 	return err
 }
 
@@ -617,10 +772,12 @@ type cancelRows struct {
 	pgx.Rows
 	cancel context.CancelFunc
 	once   sync.Once
+	t      *groupTx
 }
 
 func (r *cancelRows) Close() {
 	r.Rows.Close()
+	r.t.note(r.Rows.Err())
 	r.once.Do(r.cancel)
 }
 
@@ -628,6 +785,7 @@ func (r *cancelRows) Next() bool {
 	if r.Rows.Next() {
 		return true
 	}
+	r.t.note(r.Rows.Err())
 	r.once.Do(r.cancel)
 	return false
 }
@@ -659,11 +817,17 @@ func (r *row) Scan(dest ...any) error {
 type cancelBatch struct {
 	pgx.BatchResults
 	cancel context.CancelFunc
+	t      *groupTx
+}
+
+func (b *cancelBatch) Exec() (pgconn.CommandTag, error) {
+	tag, err := b.BatchResults.Exec()
+	return tag, b.t.note(err)
 }
 
 func (b *cancelBatch) Close() error {
 	defer b.cancel()
-	return b.BatchResults.Close()
+	return b.t.note(b.BatchResults.Close())
 }
 
 type errBatch struct{ err error }

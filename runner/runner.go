@@ -210,6 +210,12 @@ func (r *Runner) Stop(ctx context.Context) error {
 	// the jobs would stay running until River's rescuer finds them.
 	requeueCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	for _, g := range r.config.Groups {
+		// Jobs still in a group transaction hold their rows locked.
+		if err := g.Abort(requeueCtx); err != nil {
+			r.logger.Warn("runner: aborting group transactions failed", "error", err)
+		}
+	}
 	ids, rerr := r.requeueOwnRunningJobs(requeueCtx)
 	if rerr != nil {
 		return fmt.Errorf("runner: jobs ignored cancellation and requeueing them failed: %w", rerr)

@@ -39,8 +39,17 @@ type Beginner interface {
 // a shutdown), the completion fails, everything rolls back and WorkTx returns
 // ErrJobNotRunning.
 func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T], fn func(ctx context.Context, tx pgx.Tx) error) error {
-	if g, ok := db.(*Group); ok && job.AttemptedAt != nil {
-		return workGroupTx(ctx, g, job.JobRow, fn)
+	if g, ok := db.(*Group); ok {
+		if job.AttemptedAt != nil {
+			err := workGroupTx(ctx, g, job.JobRow, fn)
+			if !errors.Is(err, errOutOfGroup) {
+				return err
+			}
+		}
+		// The lane was busy, or fn waited on a lock in the shared
+		// transaction: run in a transaction of its own, where waiting
+		// holds up no other job and cancellation interrupts it.
+		db = g.pool
 	}
 	tx, err := db.Begin(ctx)
 	if err != nil {
@@ -79,7 +88,7 @@ func WorkTx[T river.JobArgs](ctx context.Context, db Beginner, job *river.Job[T]
 func workGroupTx(ctx context.Context, g *Group, job *rivertype.JobRow, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	tx, err := g.begin(ctx, &jobRun{id: job.ID, attemptedAt: *job.AttemptedAt})
 	if err != nil {
-		if errors.Is(err, ErrJobNotRunning) {
+		if errors.Is(err, ErrJobNotRunning) || errors.Is(err, errOutOfGroup) {
 			return err
 		}
 		return fmt.Errorf("beginning job transaction: %w", err)
@@ -87,6 +96,13 @@ func workGroupTx(ctx context.Context, g *Group, job *rivertype.JobRow, fn func(c
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 
 	if err := fn(ctx, tx); err != nil {
+		if tx.lockTimedOut(err) {
+			// Nothing of fn's is left (its savepoint is rolled back with
+			// the job's lock): fn runs again on its own.
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			g.stats.outOfGroup.Add(1)
+			return errOutOfGroup
+		}
 		return keepOrReturn(ctx, tx, err)
 	}
 	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

@@ -103,12 +103,12 @@ func ValidateName(name string) error {
 
 // FindOrCreate returns the user with email (compared case-insensitively),
 // creating it in tx when there is none. The unique index on lower(email)
-// decides between concurrent signups: both commit, one creates.
+// (under the ICU root collation, so that every script is lowered) decides between concurrent signups: both commit, one creates.
 func FindOrCreate(ctx context.Context, tx pgx.Tx, email, name string) (*User, bool, error) {
 	var u User
 	err := tx.QueryRow(ctx, `
 		INSERT INTO users (email, name) VALUES ($1, $2)
-		ON CONFLICT ((lower(email))) DO NOTHING
+		ON CONFLICT ((lower(email COLLATE "und-x-icu"))) DO NOTHING
 		RETURNING id, email, name, created_at`, email, name).Scan(&u.ID, &u.Email, &u.Name, &u.CreatedAt)
 	if err == nil {
 		return &u, true, nil
@@ -116,7 +116,7 @@ func FindOrCreate(ctx context.Context, tx pgx.Tx, email, name string) (*User, bo
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, fmt.Errorf("inserting user: %w", err)
 	}
-	err = tx.QueryRow(ctx, `SELECT id, email, name, created_at FROM users WHERE lower(email) = lower($1)`, email).
+	err = tx.QueryRow(ctx, `SELECT id, email, name, created_at FROM users WHERE lower(email COLLATE "und-x-icu") = lower($1 COLLATE "und-x-icu")`, email).
 		Scan(&u.ID, &u.Email, &u.Name, &u.CreatedAt)
 	if err != nil {
 		return nil, false, fmt.Errorf("reading existing user: %w", err)

@@ -67,3 +67,35 @@ func TestFindOrCreate_CaseInsensitive(t *testing.T) {
 	_, err = signup.Get(ctx, db.Pool, 424242)
 	require.ErrorIs(t, err, signup.ErrUserNotFound)
 }
+
+// Case-insensitive in every script, whatever the database's LC_CTYPE (the
+// test server runs with C, where plain lower() lowers ASCII only).
+func TestFindOrCreate_CaseInsensitiveBeyondASCII(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t, nil)
+	ctx := context.Background()
+	var ctype string
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT datctype FROM pg_database WHERE datname = current_database()`).Scan(&ctype))
+	t.Logf("database LC_CTYPE %s", ctype)
+	for _, pair := range [][2]string{
+		{"Émile@example.com", "émile@example.com"},
+		{"ΣΑΣ@example.com", "σας@example.com"},
+		{"ИВАН@example.com", "иван@example.com"},
+	} {
+		var first, second *signup.User
+		var created bool
+		require.NoError(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			var err error
+			first, _, err = signup.FindOrCreate(ctx, tx, pair[0], "")
+			if err != nil {
+				return err
+			}
+			second, created, err = signup.FindOrCreate(ctx, tx, pair[1], "")
+			return err
+		}))
+		require.False(t, created, "%s and %s made two users", pair[0], pair[1])
+		require.Equal(t, first.ID, second.ID)
+		_, err := db.Pool.Exec(ctx, `INSERT INTO users (email) VALUES ($1)`, pair[1])
+		require.Error(t, err, "the unique index refuses %s beside %s", pair[1], pair[0])
+	}
+}

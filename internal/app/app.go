@@ -115,6 +115,9 @@ func New(opts *Options) (*App, error) {
 	river.AddWorker(workers, &idempotency.PurgeWorker{DB: opts.Pool})
 	cfg := opts.Runner
 	cfg.Workers = workers
+	if group != nil {
+		cfg.Groups = append(cfg.Groups, group)
+	}
 	if cfg.Queues == nil {
 		cfg.Queues = jobs.Queues(opts.Queues)
 		if len(opts.Sources) == 0 {

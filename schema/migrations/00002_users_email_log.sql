@@ -7,11 +7,13 @@ CREATE TABLE users (
     CONSTRAINT users_email_format CHECK (email = btrim(email) AND length(email) BETWEEN 3 AND 254 AND strpos(email, '@') > 1),
     CONSTRAINT users_name_length CHECK (length(name) <= 200)
 );
--- One user per address whatever its case: Alice@Example.com and alice@example.com are the same user.
-CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email));
+-- One user per address whatever its case: Alice@Example.com and alice@example.com are the same user, and so are
+-- Émile@ and émile@, ΣΑΣ@ and σας@. lower() under the ICU root collation lowers every script the same way whatever
+-- the database's LC_CTYPE (under C, plain lower() lowers ASCII only).
+CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email COLLATE "und-x-icu"));
 
 COMMENT ON TABLE users IS 'Signed-up users. POST /api/users finds or creates a row here and enqueues its welcome email in the same transaction.';
-COMMENT ON COLUMN users.email IS 'Address as first submitted; unique case-insensitively (index users_email_lower_key on lower(email)).';
+COMMENT ON COLUMN users.email IS 'Address as first submitted; unique case-insensitively in every script (index users_email_lower_key on lower(email COLLATE "und-x-icu")).';
 
 CREATE TABLE email_log (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
