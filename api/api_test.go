@@ -151,6 +151,8 @@ func TestCreateUser_BadInput(t *testing.T) {
 		{"empty body", "application/json", ``, 400, "invalid-json"},
 		{"unknown field", "application/json", `{"email":"ada@example.com","admin":true}`, 400, "invalid-json"},
 		{"trailing data", "application/json", `{"email":"ada@example.com"} {"email":"b@example.com"}`, 400, "invalid-json"},
+		{"member twice", "application/json", `{"email":"ada@example.com","email":"eve@example.com"}`, 400, "invalid-json"},
+		{"member twice in another case", "application/json", `{"email":"ada@example.com","Email":"eve@example.com"}`, 400, "invalid-json"},
 		{"wrong type", "application/json", `{"email":42}`, 400, "invalid-json"},
 		{"missing email", "application/json", `{"name":"Ada"}`, 422, "invalid-email"},
 		{"invalid email", "application/json", `{"email":"not-an-address"}`, 422, "invalid-email"},

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/internal/problem"
 )
 
@@ -41,6 +42,14 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, dst any) boo
 	}
 	if trimmed := bytes.TrimSpace(body); len(trimmed) == 0 || trimmed[0] != '{' {
 		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", "The body must be a JSON object."))
+		return false
+	}
+	// The same checks as an Idempotency-Key request's fingerprint: a member
+	// named twice ("email" twice, or "email" and "Email", which Go's decoder
+	// would both take) is refused, not silently resolved.
+	if _, err := idempotency.CanonicalJSON(body); err != nil {
+		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body",
+			"The body is not valid JSON"+strings.TrimPrefix(err.Error(), idempotency.ErrBodyInvalid.Error())+"."))
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

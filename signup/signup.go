@@ -80,7 +80,12 @@ func NormalizeEmail(s string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: domain %q: %w", ErrInvalidEmail, domain, err)
 	}
-	out := norm.NFC.String(local) + "@" + strings.ToLower(ascii)
+	local = norm.NFC.String(local)
+	if len(local) > 64 {
+		// RFC 5321's limit: mail servers refuse longer local parts.
+		return "", fmt.Errorf("%w: the part before @ is longer than 64 bytes", ErrInvalidEmail)
+	}
+	out := local + "@" + strings.ToLower(ascii)
 	if len(out) > 254 {
 		return "", fmt.Errorf("%w: longer than 254 bytes", ErrInvalidEmail)
 	}

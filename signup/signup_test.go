@@ -18,17 +18,19 @@ func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
 func TestNormalizeEmail(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
-		"ada@example.com":        "ada@example.com",
-		"  Ada@Example.COM \n":   "Ada@example.com", // the domain is lower-cased
-		"a.b+tag@sub.example.io": "a.b+tag@sub.example.io",
-		"root@localhost":         "root@localhost",
+		"ada@example.com":                        "ada@example.com",
+		"  Ada@Example.COM \n":                   "Ada@example.com", // the domain is lower-cased
+		"a.b+tag@sub.example.io":                 "a.b+tag@sub.example.io",
+		"root@localhost":                         "root@localhost",
+		strings.Repeat("a", 64) + "@example.com": strings.Repeat("a", 64) + "@example.com",
 	} {
 		got, err := signup.NormalizeEmail(in)
 		require.NoError(t, err, in)
 		require.Equal(t, want, got)
 	}
 	for _, bad := range []string{"", " ", "ada", "ada@", "@example.com", "Ada <ada@example.com>", "<ada@example.com>",
-		"ada@example", "a b@example.com", strings.Repeat("a", 250) + "@example.com", "ada@@example.com"} {
+		"ada@example", "a b@example.com", strings.Repeat("a", 250) + "@example.com", "ada@@example.com",
+		strings.Repeat("a", 65) + "@example.com"} {
 		_, err := signup.NormalizeEmail(bad)
 		require.ErrorIs(t, err, signup.ErrInvalidEmail, "%q", bad)
 	}
