@@ -3,14 +3,13 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgonce/pgonce/internal/pgembed"
 	"github.com/pgonce/pgonce/runner"
 	"github.com/pgonce/pgonce/schema"
 )
@@ -55,7 +54,7 @@ func (b *bench) open(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+b.template); err != nil {
 		return fmt.Errorf("bench: creating the template database (the role needs CREATEDB): %w", err)
 	}
-	pool, err := pgxpool.New(ctx, withDatabase(b.cfg.DatabaseURL, b.template))
+	pool, err := pgxpool.New(ctx, pgembed.WithDatabase(b.cfg.DatabaseURL, b.template))
 	if err != nil {
 		b.dropDatabase(b.template)
 		return err
@@ -94,7 +93,7 @@ func (b *bench) newDB(ctx context.Context, purpose string) (*db, error) {
 	if err := b.adminExec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+b.template); err != nil {
 		return nil, fmt.Errorf("creating database %s: %w", name, err)
 	}
-	d := &db{b: b, name: name, url: withDatabase(b.cfg.DatabaseURL, name)}
+	d := &db{b: b, name: name, url: pgembed.WithDatabase(b.cfg.DatabaseURL, name)}
 	cfg, err := runner.PoolConfig(d.url)
 	if err != nil {
 		b.dropDatabase(name)
@@ -127,21 +126,5 @@ func (b *bench) dropDatabase(name string) {
 }
 
 func (b *bench) adminExec(ctx context.Context, sql string) error {
-	conn, err := pgx.Connect(ctx, b.cfg.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, sql)
-	return err
-}
-
-// withDatabase returns u with its database name replaced.
-func withDatabase(u, name string) string {
-	parsed, err := url.Parse(u)
-	if err != nil || parsed.Scheme == "" {
-		return strings.TrimSpace(u) + " dbname=" + name
-	}
-	parsed.Path = "/" + name
-	return parsed.String()
+	return pgembed.AdminExec(ctx, b.cfg.DatabaseURL, sql)
 }

@@ -13,15 +13,12 @@ package testdb
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"go.uber.org/goleak"
@@ -77,7 +74,7 @@ func setup() error {
 	if err := adminExec(ctx, "CREATE DATABASE "+template); err != nil {
 		return fmt.Errorf("testdb: creating template database: %w", err)
 	}
-	pool, err := pgxpool.New(ctx, withDatabase(serverURL, template))
+	pool, err := pgxpool.New(ctx, pgembed.WithDatabase(serverURL, template))
 	if err != nil {
 		return fmt.Errorf("testdb: %w", err)
 	}
@@ -177,7 +174,7 @@ func create(opts *Opts) (*DB, func() error, error) {
 	if err := adminExec(ctx, stmt); err != nil {
 		return nil, nil, fmt.Errorf("testdb: %s: %w", stmt, err)
 	}
-	dbURL := withDatabase(serverURL, name)
+	dbURL := pgembed.WithDatabase(serverURL, name)
 	cfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
 		return nil, nil, err
@@ -203,22 +200,5 @@ func create(opts *Opts) (*DB, func() error, error) {
 }
 
 func adminExec(ctx context.Context, sql string) error {
-	conn, err := pgx.Connect(ctx, serverURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, sql)
-	return err
-}
-
-// withDatabase returns u with its database name replaced.
-func withDatabase(u, name string) string {
-	parsed, err := url.Parse(u)
-	if err != nil || parsed.Scheme == "" {
-		// keyword/value form: "host=... dbname=..."
-		return strings.TrimSpace(u) + " dbname=" + name
-	}
-	parsed.Path = "/" + name
-	return parsed.String()
+	return pgembed.AdminExec(ctx, serverURL, sql)
 }
