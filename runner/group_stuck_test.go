@@ -104,7 +104,7 @@ func TestGroup_StopRequeuesStuckJobs(t *testing.T) {
 			defer cancel()
 			start := time.Now()
 			_ = r.Stop(stopCtx)
-			require.Less(t, time.Since(start), budget+time.Second, "Stop overran its budget")
+			require.Less(t, time.Since(start), budget+2*time.Second, "Stop overran its budget (by far more than scheduling noise)")
 			var state string
 			var attempt int
 			require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT state, attempt FROM river_job WHERE id = $1`, id).Scan(&state, &attempt))
