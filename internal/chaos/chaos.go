@@ -370,8 +370,10 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		var restartAt []time.Duration
+		// Spread over the run: with 2, at a third and two thirds; every
+		// one of them within it.
 		for i := range cfg.PostgresRestarts {
-			restartAt = append(restartAt, cfg.Duration*time.Duration(3+3*i)/10)
+			restartAt = append(restartAt, cfg.Duration*time.Duration(i+1)/time.Duration(cfg.PostgresRestarts+1))
 		}
 		faultsOn := false
 		for {
