@@ -46,10 +46,12 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, dst any) boo
 	}
 	// The same checks as an Idempotency-Key request's fingerprint: a member
 	// named twice ("email" twice, or "email" and "Email", which Go's decoder
-	// would both take) is refused, not silently resolved.
-	if _, err := idempotency.CanonicalJSON(body); err != nil {
+	// would both take) is refused, not silently resolved. Behind the
+	// idempotency layer (its transaction in the context) the fingerprint
+	// has checked this body already.
+	if err := checkMembers(r, body); err != nil {
 		problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body",
-			"The body is not valid JSON"+strings.TrimPrefix(err.Error(), idempotency.ErrBodyInvalid.Error())+"."))
+			idempotency.InvalidBodyDetail(err)))
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -98,4 +100,14 @@ func jsonKind(goKind string) string {
 		return "array"
 	}
 	return "object"
+}
+
+// checkMembers refuses a JSON body that names a member twice, unless the
+// idempotency layer checked it already (its transaction is in the context).
+func checkMembers(r *http.Request, body []byte) error {
+	if idempotency.Tx(r.Context()) != nil {
+		return nil
+	}
+	_, err := idempotency.CanonicalJSON(body)
+	return err
 }

@@ -20,6 +20,12 @@ import (
 // invalid UTF-8, duplicate keys, nested too deep, a number out of range).
 var ErrBodyInvalid = errors.New("idempotency: invalid JSON body")
 
+// InvalidBodyDetail says what is wrong with a body that CanonicalJSON
+// refused, in the client's terms (a problem's detail).
+func InvalidBodyDetail(err error) string {
+	return "The body is not valid JSON" + strings.TrimPrefix(err.Error(), ErrBodyInvalid.Error()) + "."
+}
+
 // Limits of CanonicalJSON.
 const (
 	MaxDepth    = 64

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -198,7 +197,7 @@ func (l *Layer) Middleware(next http.Handler) http.Handler {
 		fp, err := Fingerprint(r.Method, r.URL, r.Header.Get("Content-Type"), body)
 		if err != nil {
 			problem.Write(w, r, problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body",
-				"The body is not valid JSON"+strings.TrimPrefix(err.Error(), ErrBodyInvalid.Error())+"."))
+				InvalidBodyDetail(err)))
 			return
 		}
 		l.serve(w, r, next, principal, key, fp)
@@ -304,15 +303,29 @@ func (l *Layer) serve(w http.ResponseWriter, r *http.Request, next http.Handler,
 // answers the request itself (409, 422 or a replay) and returns true when the
 // handler must not run.
 func (l *Layer) claim(ctx context.Context, w http.ResponseWriter, r *http.Request, tx pgx.Tx, principal, key string, fp [32]byte) (bool, error) {
+	// The lock and the read in one round trip: in READ COMMITTED the read
+	// takes its snapshot after the lock is held, so it sees an answer that
+	// the key's previous holder committed.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_try_advisory_xact_lock($1, $2)`, LockNamespace, lockKey(principal, key))
+	b.Queue(lookupSQL, principal, key)
+	br := tx.SendBatch(ctx, b)
 	var locked bool
-	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, LockNamespace, lockKey(principal, key)).Scan(&locked); err != nil {
+	err := br.QueryRow().Scan(&locked)
+	var st *storedAnswer
+	if err == nil {
+		st, err = scanAnswer(br.QueryRow())
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return false, err
 	}
 	if !locked {
 		l.conflict(w, r)
 		return true, nil
 	}
-	st, err := lookup(ctx, tx, principal, key)
 	switch {
 	case err != nil:
 		return false, err
@@ -340,13 +353,19 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+const lookupSQL = `
+	SELECT fingerprint, response_status, response_headers, response_body, expires_at <= now()
+	FROM idempotency_keys WHERE principal = $1 AND key = $2`
+
 // lookup returns the answer stored under (principal, key), or nil.
 func lookup(ctx context.Context, q querier, principal, key string) (*storedAnswer, error) {
+	return scanAnswer(q.QueryRow(ctx, lookupSQL, principal, key))
+}
+
+// scanAnswer reads a row of lookupSQL, or nil when there is none.
+func scanAnswer(row pgx.Row) (*storedAnswer, error) {
 	var st storedAnswer
-	err := q.QueryRow(ctx, `
-		SELECT fingerprint, response_status, response_headers, response_body, expires_at <= now()
-		FROM idempotency_keys WHERE principal = $1 AND key = $2`, principal, key).
-		Scan(&st.fingerprint, &st.status, &st.headers, &st.body, &st.expired)
+	err := row.Scan(&st.fingerprint, &st.status, &st.headers, &st.body, &st.expired)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}

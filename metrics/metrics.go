@@ -103,6 +103,8 @@ func (m *Metrics) WatchGroup(stats func() runner.GroupStats) {
 			func(s runner.GroupStats) int64 { return s.RolledBack }),
 		counter("pgonce_group_failed_total", "Group transactions that failed to commit (their jobs are retried).",
 			func(s runner.GroupStats) int64 { return s.Failed }),
+		counter("pgonce_group_out_of_group_total", "Jobs run in a transaction of their own: their lane stayed busy, or a lock wait timed out in the group.",
+			func(s runner.GroupStats) int64 { return s.OutOfGroup }),
 	)
 }
 

@@ -10,3 +10,6 @@ func PretendWaiting(g *Group, i int, delta int32) { g.lanes[i].queued.Add(delta)
 
 // Waiting is how many jobs wait for or hold lane i of g.
 func Waiting(g *Group, i int) int32 { return g.lanes[i].queued.Load() }
+
+// ChangesSettings is changesSettings.
+var ChangesSettings = changesSettings

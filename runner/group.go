@@ -233,18 +233,12 @@ type jobRun struct {
 func (g *Group) begin(ctx context.Context, job *jobRun) (*groupTx, error) {
 	l := g.pick()
 	l.queued.Add(1)
-	wait := time.NewTimer(g.cfg.MaxWait)
-	select {
-	case l.turn <- struct{}{}:
-		wait.Stop()
-	case <-wait.C:
+	if err := l.takeTurn(ctx, g.cfg.MaxWait); err != nil {
 		l.queued.Add(-1)
-		g.stats.outOfGroup.Add(1)
-		return nil, errOutOfGroup
-	case <-ctx.Done():
-		wait.Stop()
-		l.queued.Add(-1)
-		return nil, ctx.Err()
+		if errors.Is(err, errOutOfGroup) {
+			g.stats.outOfGroup.Add(1)
+		}
+		return nil, err
 	}
 	first := l.b == nil
 	if first {
@@ -402,6 +396,25 @@ type batch struct {
 	err        error
 }
 
+// takeTurn waits for the lane's turn: errOutOfGroup after maxWait.
+func (l *lane) takeTurn(ctx context.Context, maxWait time.Duration) error {
+	select {
+	case l.turn <- struct{}{}: // free: no timer to make
+		return nil
+	default:
+	}
+	wait := time.NewTimer(maxWait)
+	defer wait.Stop()
+	select {
+	case l.turn <- struct{}{}:
+		return nil
+	case <-wait.C:
+		return errOutOfGroup
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (l *lane) stmtCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), l.g.cfg.StatementTimeout+5*time.Second)
 }
@@ -516,9 +529,21 @@ type groupTx struct {
 // (SET LOCAL, SET CONSTRAINTS, set_config(..., true)), which would carry
 // over to the jobs after it in the same transaction.
 func changesSettings(sql string) bool {
-	s := strings.ToLower(strings.TrimLeft(sql, " \t\r\n("))
-	return strings.HasPrefix(s, "set ") || strings.HasPrefix(s, "set\t") || strings.HasPrefix(s, "set\n") ||
-		strings.HasPrefix(s, "reset") || strings.Contains(s, "set_config") || strings.Contains(s, ";")
+	s := strings.TrimLeft(sql, " \t\r\n(")
+	word := func(w string) bool { return len(s) >= len(w) && strings.EqualFold(s[:len(w)], w) }
+	return word("set ") || word("set\t") || word("set\n") || word("reset") ||
+		strings.Contains(s, ";") || containsFold(s, "set_config")
+}
+
+// containsFold is strings.Contains ignoring ASCII case, without a copy: it
+// runs on every statement of a group transaction.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }
 
 // note records what a statement's error says about the job's transaction.

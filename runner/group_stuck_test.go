@@ -205,3 +205,20 @@ func TestGroup_SettingsStayWithTheirJob(t *testing.T) {
 		})
 	}
 }
+
+func TestChangesSettings(t *testing.T) {
+	t.Parallel()
+	for sql, want := range map[string]bool{
+		`SET LOCAL statement_timeout = 1`:                      true,
+		"  set constraints all deferred":                       true,
+		"(SET\tsearch_path = x)":                               true,
+		`RESET ALL`:                                            true,
+		`SELECT SET_CONFIG('search_path', 'x', true)`:          true,
+		`INSERT INTO t VALUES (1); SET LOCAL work_mem = '1GB'`: true,
+		`UPDATE t SET x = 1 WHERE id = $1`:                     false,
+		`SELECT settings, reset_at FROM t`:                     false,
+		`INSERT INTO effects VALUES ($1, $2)`:                  false,
+	} {
+		require.Equal(t, want, runner.ChangesSettings(sql), sql)
+	}
+}

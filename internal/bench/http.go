@@ -14,9 +14,7 @@ import (
 
 	"github.com/pgonce/pgonce/idempotency"
 	"github.com/pgonce/pgonce/internal/app"
-	"github.com/pgonce/pgonce/internal/smtpsink"
 	"github.com/pgonce/pgonce/jobs"
-	"github.com/pgonce/pgonce/mailer"
 	"github.com/pgonce/pgonce/runner"
 )
 
@@ -32,15 +30,11 @@ func (b *bench) http(ctx context.Context) error {
 		return err
 	}
 	defer d.Close()
-	sink, err := smtpsink.Start()
+	sink, sender, err := startSink()
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
-	sender, err := mailer.NewSMTP(sink.URL())
-	if err != nil {
-		return err
-	}
 	// The runner is not started: requests only enqueue, no worker competes
 	// with them for the machine.
 	a, err := app.New(&app.Options{

@@ -108,15 +108,11 @@ func (b *bench) welcomeEmails(ctx context.Context, key, section, note string, pr
 			return nil, err
 		}
 	}
-	sink, err := smtpsink.Start()
+	sink, sender, err := startSink()
 	if err != nil {
 		return nil, err
 	}
 	defer sink.Close()
-	sender, err := mailer.NewSMTP(sink.URL())
-	if err != nil {
-		return nil, err
-	}
 	lat := newLatencies()
 	a, err := app.New(&app.Options{
 		Pool: d.Pool, Mailer: sender, MailDomain: jobs.DomainDefault, Logger: b.cfg.Logger, AllowAnonymous: true,
@@ -183,15 +179,11 @@ func (b *bench) payments(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sink, err := smtpsink.Start()
+	sink, sender, err := startSink()
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
-	sender, err := mailer.NewSMTP(sink.URL())
-	if err != nil {
-		return err
-	}
 	lat := newLatencies()
 	a, err := app.New(&app.Options{
 		Pool: d.Pool, Mailer: sender, Gateway: client, MailDomain: jobs.DomainDefault, Logger: b.cfg.Logger, AllowAnonymous: true,
@@ -233,4 +225,18 @@ func (b *bench) payments(ctx context.Context) error {
 		return fmt.Errorf("payments: %d completed, %d gateway charges", completed, charges)
 	}
 	return nil
+}
+
+// startSink starts an SMTP sink on loopback and a sender that delivers to it.
+func startSink() (*smtpsink.Sink, *mailer.SMTP, error) {
+	sink, err := smtpsink.Start()
+	if err != nil {
+		return nil, nil, err
+	}
+	sender, err := mailer.NewSMTP(sink.URL())
+	if err != nil {
+		_ = sink.Close()
+		return nil, nil, err
+	}
+	return sink, sender, nil
 }
